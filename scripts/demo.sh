@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The main job on the embedded default: local Ray, local MLflow store, synthetic data, tiny model, CPU.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$(bash "$repo/scripts/bootstrap.sh")"
+cd "$repo"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MLFLOW_DISABLE_TELEMETRY=true RAY_USAGE_STATS_ENABLED=0
+export PATH="$venv/bin:$PATH"
+exec python pipelines/workflow.py "$@"
