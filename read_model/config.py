@@ -33,7 +33,7 @@ class TokenizerConfig:
     use_im_start_end: bool = True
     im_start_token: str = "<im_start>"
     im_end_token: str = "<im_end>"
-    tiny_vocab_size: int = 640  # BPE vocabulary of the offline tiny tokenizer (incl. specials)
+    tiny_vocab_size: int = 800  # BPE vocabulary of the offline tiny tokenizer (incl. specials)
 
 
 @dataclass
@@ -255,7 +255,7 @@ def _coerce(hint: Any, value: Any, path: str) -> Any:
         return value
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
-    if hint in (int, str, bool) and not (type(value) is hint):
+    if hint in (int, str, bool) and type(value) is not hint:
         raise ConfigError(f"{path} must be {hint.__name__}, got {value!r}")
     return value
 

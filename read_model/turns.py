@@ -1,0 +1,146 @@
+"""Queries to (question, answer) turns, the way upstream samples them (upstream-spec §1a, §1b).
+
+Training draws templates at random from a caller-owned ``numpy.random.Generator`` so a data
+worker's seed fully determines its conversations. Evaluation uses LISA's fixed templates and a
+teacher-forced answer, as upstream's validation does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import numpy as np
+
+from read_model import templates as T
+
+QueryKind = Literal["reason", "refer"]
+
+# Upstream's ReasonSeg loader picks the true-premise mode with this probability per image.
+DEFAULT_TRUE_PREMISE_PROB = 0.85
+
+
+@dataclass(frozen=True)
+class TurnQuery:
+    """The model-side view of one query; `dataset_builders` converts its own records into this."""
+
+    text: str
+    is_sentence: bool
+    exists: bool = True
+    gt_sent: str = ""  # FP-RefCOCO: the corrected expression naming a present object
+    answer: str = ""  # ReasonSeg false-premise QA: the literal answer text
+    kind: QueryKind = "refer"
+
+
+class Turn(NamedTuple):
+    """One single-turn conversation and where it came from."""
+
+    question: str
+    answer: str
+    has_mask: bool  # the answer holds one [SEG] whose target is the source query's mask
+    query_index: int
+
+
+def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def _question(query: TurnQuery, rng: np.random.Generator, lower_short: bool) -> str:
+    if query.is_sentence:
+        return _pick(rng, T.LONG_QUESTION_TEMPLATES).format(sent=query.text)
+    name = query.text.lower() if lower_short else query.text
+    return _pick(rng, T.SHORT_QUESTION_TEMPLATES).format(class_name=name)
+
+
+def _reason_turn(query: TurnQuery, index: int, rng: np.random.Generator) -> Turn:
+    if query.exists:
+        question = _question(query, rng, lower_short=True)
+        return Turn(question, _pick(rng, T.LONG_ANSWER_TEMPLATES), True, index)
+    # Upstream keeps the false-premise query's case in the short template.
+    question = _question(query, rng, lower_short=False)
+    answer = query.answer or _pick(rng, T.NEG_ANSWER_TEMPLATES).format(
+        class_name=query.text.lower()
+    )
+    return Turn(question, answer, False, index)
+
+
+def _refer_turn(query: TurnQuery, index: int, rng: np.random.Generator) -> Turn:
+    name = query.text.lower()
+    question = _pick(rng, T.SHORT_QUESTION_TEMPLATES).format(class_name=name)
+    if query.exists:
+        return Turn(
+            question, _pick(rng, T.SHORT_ANSWER_TEMPLATES).format(class_name=name), True, index
+        )
+    if query.gt_sent:
+        answer = _pick(rng, T.CORRECT_ANSWER_TEMPLATES).format(
+            class_name=name, gt_name=query.gt_sent.lower()
+        )
+        return Turn(question, answer, False, index)
+    return Turn(question, _pick(rng, T.NEG_ANSWER_TEMPLATES).format(class_name=name), False, index)
+
+
+def _candidates(
+    queries: Sequence[TurnQuery], rng: np.random.Generator, true_premise_prob: float
+) -> list[int]:
+    """Indices eligible this draw: ReasonSeg picks one premise mode per image, like upstream."""
+    refer = [i for i, q in enumerate(queries) if q.kind == "refer"]
+    reason_true = [i for i, q in enumerate(queries) if q.kind == "reason" and q.exists]
+    reason_false = [i for i, q in enumerate(queries) if q.kind == "reason" and not q.exists]
+    if not reason_true and not reason_false:
+        return refer
+    # Fall back to the other mode when the drawn one has no queries (upstream crashed instead).
+    use_true = bool(rng.random() < true_premise_prob)
+    if use_true and not reason_true:
+        use_true = False
+    if not use_true and not reason_false:
+        use_true = True
+    return refer + (reason_true if use_true else reason_false)
+
+
+def build_training_turns(
+    queries: Sequence[TurnQuery],
+    rng: np.random.Generator,
+    num_per_sample: int,
+    true_premise_prob: float = DEFAULT_TRUE_PREMISE_PROB,
+) -> list[Turn]:
+    """Sample up to `num_per_sample` queries without replacement and template each one."""
+    if num_per_sample < 1:
+        raise ValueError(f"num_per_sample must be >= 1, got {num_per_sample}")
+    pool = _candidates(queries, rng, true_premise_prob)
+    if not pool:
+        return []
+    count = min(num_per_sample, len(pool))
+    chosen = rng.choice(np.asarray(pool), size=count, replace=False)
+    turns = []
+    for index in chosen.tolist():
+        query = queries[index]
+        build = _reason_turn if query.kind == "reason" else _refer_turn
+        turns.append(build(query, index, rng))
+    return turns
+
+
+def build_eval_turns(
+    queries: Sequence[TurnQuery],
+    fixed_templates: bool = True,
+    rng: np.random.Generator | None = None,
+) -> list[Turn]:
+    """One teacher-forced turn per query; every turn has a mask (all zero for a false premise).
+
+    `fixed_templates=False` draws the random training question templates instead (upstream's
+    RefCOCO validation, seeded 42 there), from `rng` or a generator seeded 42.
+    """
+    if not fixed_templates and rng is None:
+        rng = np.random.default_rng(42)
+    turns = []
+    for index, query in enumerate(queries):
+        if fixed_templates:
+            if query.is_sentence:
+                question = T.FIXED_LONG_QUESTION.format(sent=query.text)
+            else:
+                question = T.FIXED_SHORT_QUESTION.format(class_name=query.text.lower())
+        else:
+            assert rng is not None
+            question = _question(query, rng, lower_short=True)
+        turns.append(Turn(question, T.FIXED_ANSWER, True, index))
+    return turns
