@@ -1,0 +1,235 @@
+"""Reader of REFER-format datasets (RefCOCO/+/g, RefCLEF, R-RefCOCO, FP-RefCOCO/+/g).
+
+`refer_seg/<dataset>/refs(<splitBy>).p` (a pickle of plain ref dicts, loaded with the restricted
+unpickler) plus `instances.json` (COCO). One Sample per image of the split, as upstream's
+evaluation sees it: a Target per ref (mask from its ann_id) and a Query per sentence. Problems
+with the dataset files themselves raise; problems with single records are quarantined.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dataset_builders.masks import NO_TARGET_ANN_ID, union_of_annotations
+from dataset_builders.safe_pickle import load_plain
+from dataset_builders.sample import QuarantineEntry, Query, Sample, Target, make_key
+from dataset_builders.validation import (
+    DEFAULT_VALIDATION,
+    ValidationSettings,
+    check_coco_segmentation,
+    check_image,
+    check_size,
+    check_text,
+    check_true_premise_mask,
+)
+
+REFER_ROOT = Path("refer_seg")
+COCO_IMAGE_DIR = REFER_ROOT / "images" / "mscoco" / "images" / "train2014"
+CLEF_IMAGE_DIR = REFER_ROOT / "images" / "saiapr_tc-12"
+
+# The splitBy READ/SESAME open per dataset (upstream-spec §1b), then the classic REFER names.
+DEFAULT_SPLIT_BY: dict[str, tuple[str, ...]] = {
+    "refclef": ("unc", "berkeley"),
+    "refcoco": ("unc_exclude_unified", "unc", "google"),
+    "refcoco+": ("unc_exclude_unified", "unc"),
+    "refcocog": ("umd_exclude_unified", "umd", "google"),
+    "R-refcoco": ("unc_exclude_unified", "unc"),
+    "R-refcoco+": ("unc_exclude_unified", "unc"),
+    "R-refcocog": ("umd_exclude_unified", "umd"),
+    "fprefcoco": ("berkeley_exclude_unified",),
+    "fprefcoco+": ("berkeley_exclude_unified",),
+    "fprefcocog": ("berkeley_exclude_unified",),
+}
+LETTER_TEST_SPLITS = ("testA", "testB", "testC")  # REFER matches these by their last letter
+
+
+class ReferFormatError(ValueError):
+    """A dataset-level file (refs pickle, instances.json) is missing or malformed."""
+
+
+def refs_path(root: str | Path, dataset: str, split_by: str | None = None) -> Path:
+    """The refs pickle to read: the given splitBy, else the upstream default, else any present."""
+    folder = Path(root) / REFER_ROOT / dataset
+    if split_by is not None:
+        path = folder / f"refs({split_by}).p"
+        if not path.is_file():
+            raise ReferFormatError(f"refs file not found: {path}")
+        return path
+    for name in DEFAULT_SPLIT_BY.get(dataset, ()):
+        path = folder / f"refs({name}).p"
+        if path.is_file():
+            return path
+    present = sorted(folder.glob("refs(*).p"))
+    if present:
+        return present[0]
+    raise ReferFormatError(
+        f"no refs(<splitBy>).p in {folder}; tried {list(DEFAULT_SPLIT_BY.get(dataset, ()))}"
+    )
+
+
+def split_matches(wanted: str, ref_split: str) -> bool:
+    """REFER's getRefIds rule: testA/B/C by letter, "test" any test split, else equality."""
+    if wanted in LETTER_TEST_SPLITS:
+        return ref_split.startswith("test") and wanted[-1] in ref_split[len("test") :]
+    if wanted == "test":
+        return "test" in ref_split
+    return ref_split == wanted
+
+
+def image_folder(root: str | Path, dataset: str) -> Path:
+    return Path(root) / (CLEF_IMAGE_DIR if dataset == "refclef" else COCO_IMAGE_DIR)
+
+
+def _load_refs(path: Path) -> list[dict[str, Any]]:
+    refs = load_plain(path)  # raises UnsafePickleError for anything but plain data
+    if not isinstance(refs, list):
+        raise ReferFormatError(f"{path}: expected a list of refs, got {type(refs).__name__}")
+    return refs
+
+
+def _load_instances(path: Path) -> tuple[dict[int, dict], dict[int, Any]]:
+    if not path.is_file():
+        raise ReferFormatError(f"instances file not found: {path}")
+    try:
+        instances = json.loads(path.read_bytes())
+        images = {int(im["id"]): im for im in instances["images"]}
+        segmentations = {int(a["id"]): a.get("segmentation") for a in instances["annotations"]}
+    except (ValueError, KeyError, TypeError) as err:
+        raise ReferFormatError(f"{path}: not a COCO instances file: {err}") from err
+    return images, segmentations
+
+
+def iter_refer(
+    root: str | Path,
+    dataset: str,
+    split: str,
+    split_by: str | None = None,
+    settings: ValidationSettings = DEFAULT_VALIDATION,
+) -> Iterator[Sample | QuarantineEntry]:
+    """Samples of one REFER dataset split, one per image, in image-id order."""
+    ref_file = refs_path(root, dataset, split_by)
+    instances_file = ref_file.parent / "instances.json"
+    refs = _load_refs(ref_file)
+    images, segmentations = _load_instances(instances_file)
+    by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for position, ref in enumerate(refs):
+        if not isinstance(ref, dict) or "image_id" not in ref or "split" not in ref:
+            yield QuarantineEntry(str(ref_file), f"ref#{position}", "ref lacks image_id or split")
+            continue
+        if split_matches(split, str(ref["split"])):
+            by_image[int(ref["image_id"])].append(ref)
+    folder = image_folder(root, dataset)
+    context = _Context(dataset, split, ref_file, instances_file, folder, segmentations, settings)
+    for image_id in sorted(by_image):
+        yield from _image_sample(context, image_id, images.get(image_id), by_image[image_id])
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every image of one dataset split shares."""
+
+    dataset: str
+    split: str
+    ref_file: Path
+    instances_file: Path
+    image_folder: Path
+    segmentations: Mapping[int, Any]
+    settings: ValidationSettings
+
+
+def _image_sample(
+    ctx: _Context, image_id: int, image_info: dict | None, refs: list[dict[str, Any]]
+) -> Iterator[Sample | QuarantineEntry]:
+    ref_ids = ",".join(str(r.get("ref_id")) for r in refs)
+    record = f"image {image_id} (refs {ref_ids})"
+    if image_info is None:
+        yield QuarantineEntry(str(ctx.instances_file), record, "image_id not in instances.json")
+        return
+    image_path = ctx.image_folder / str(image_info["file_name"])
+    if not image_path.is_file():
+        yield QuarantineEntry(str(image_path), record, f"image missing: {image_path} not found")
+        return
+    image_bytes = image_path.read_bytes()
+    size, reason = check_image(image_bytes)
+    if reason is None:
+        reason = check_size(size, (int(image_info["width"]), int(image_info["height"])))
+    if reason:
+        yield QuarantineEntry(str(image_path), record, reason)
+        return
+    width, height = size
+    targets = []
+    for ref in refs:
+        target, reason = _target(ctx, ref, width, height)
+        if reason:
+            yield QuarantineEntry(str(ctx.ref_file), f"ref {ref.get('ref_id')}", reason)
+        else:
+            targets.append(target)
+    if not targets:
+        return  # every ref of this image was quarantined above, each with its reason
+    yield Sample(
+        key=make_key(ctx.dataset, ctx.split, str(image_id)),
+        dataset=ctx.dataset,
+        split=ctx.split,
+        image_bytes=image_bytes,
+        width=width,
+        height=height,
+        targets=targets,
+        source={
+            "image": str(image_path),
+            "annotation": str(ctx.ref_file),
+            "instances": str(ctx.instances_file),
+            "image_id": str(image_id),
+        },
+    )
+
+
+def sentence_exists(sentence: Mapping[str, Any]) -> bool:
+    """FP-RefCOCO's is_false_premise wins over R-RefCOCO's exist; neither means it exists."""
+    if "is_false_premise" in sentence:
+        return not bool(sentence["is_false_premise"])
+    if "exist" in sentence:
+        return bool(sentence["exist"])
+    return True
+
+
+def _target(
+    ctx: _Context, ref: dict[str, Any], width: int, height: int
+) -> tuple[Target | None, str | None]:
+    ann_ids = ref.get("ann_id")
+    ids = ann_ids if isinstance(ann_ids, list) else [ann_ids]
+    for ann_id in ids:
+        if ann_id == NO_TARGET_ANN_ID:
+            continue
+        if ann_id not in ctx.segmentations:
+            return None, f"ann_id {ann_id!r} not in instances.json"
+        reason = check_coco_segmentation(ctx.segmentations[ann_id], width, height, ctx.settings)
+        if reason:
+            return None, f"ann {ann_id}: {reason}"
+    queries = []
+    for position, sentence in enumerate(ref.get("sentences") or []):
+        text = sentence.get("sent") if isinstance(sentence, dict) else None
+        reason = check_text(text)
+        if reason:
+            return None, f"sentence {position}: {reason}"
+        queries.append(
+            Query(
+                text=text,
+                is_sentence=False,
+                exists=sentence_exists(sentence),
+                gt_sent=str(sentence.get("gt_sent") or ""),
+                query_id=str(sentence.get("sent_id", f"{ref.get('ref_id')}:{position}")),
+            )
+        )
+    if not queries:
+        return None, "ref has no sentences"
+    mask = union_of_annotations(ids, ctx.segmentations, height, width)
+    if any(q.exists for q in queries):
+        reason = check_true_premise_mask(mask)
+        if reason:
+            return None, reason
+    return Target(mask=mask, queries=queries, target_id=str(ref.get("ref_id"))), None

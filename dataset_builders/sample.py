@@ -1,0 +1,88 @@
+"""The canonical sample every reader yields, whatever the upstream format was.
+
+One image with its original bytes and a list of targets; each target is a lossless mask plus the
+queries that refer to it. Keeping the upstream ids in `source` lets every prediction be traced
+back to the record it came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MASK_BACKGROUND = 0
+MASK_OBJECT = 1
+MASK_IGNORE = 255  # ReasonSeg "ignore" polygons: excluded from evaluation
+
+_KEY_SAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+@dataclass(frozen=True)
+class Query:
+    """One expression or question about a target; `exists=False` marks a false premise."""
+
+    text: str
+    is_sentence: bool
+    exists: bool = True
+    gt_sent: str = ""
+    answer: str = ""
+    query_id: str = ""
+
+
+@dataclass
+class Target:
+    """A uint8 [H, W] mask with values {0, 1, 255} and the queries that name it."""
+
+    mask: np.ndarray
+    queries: list[Query] = field(default_factory=list)
+    target_id: str = ""
+
+
+@dataclass
+class Sample:
+    """One image and all its targets; `key` is unique and dot-free (a WebDataset key)."""
+
+    key: str
+    dataset: str
+    split: str
+    image_bytes: bytes
+    width: int
+    height: int
+    targets: list[Target]
+    source: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def num_queries(self) -> int:
+        return sum(len(t.queries) for t in self.targets)
+
+
+@dataclass(frozen=True)
+class QuarantineEntry:
+    """A record that was rejected, with where it came from and why (never silently dropped)."""
+
+    source: str
+    record_id: str
+    reason: str
+
+
+def key_part(raw: str) -> str:
+    """A key fragment of `[A-Za-z0-9_-]` only.
+
+    WebDataset splits member names at the first dot, so dots (and path separators) cannot appear.
+    "+" is spelled "plus" so "refcoco+" stays distinct from "refcoco"; any other rewrite gets a
+    short hash of the raw text appended so two different raw ids never share a key.
+    """
+    spelled = raw.replace("+", "plus")
+    cleaned = _KEY_SAFE.sub("-", spelled)
+    if cleaned == spelled and cleaned:
+        return cleaned
+    digest = hashlib.sha1(raw.encode("utf-8")).hexdigest()[:8]
+    return f"{cleaned}-{digest}"
+
+
+def make_key(dataset: str, split: str, record_id: str) -> str:
+    """`<dataset>_<split>_<record id>` with each part made key-safe."""
+    return "_".join(key_part(part) for part in (dataset, split, record_id))
