@@ -1,0 +1,166 @@
+"""LLaVA-1.5 through transformers' ``LlavaForConditionalGeneration`` (llava-hf layout), plus LoRA.
+
+The READ model does not call LLaVA's own ``forward``: it needs CLIP features once per *image*
+(several conversation rows share an image), the post-norm last-layer hidden states of every row,
+and the logits. :class:`LlavaParts` names the sub-modules so the model can compose them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import Tensor, nn
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+from read_model.config import LlavaSettings, LoraSettings
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """`"bfloat16"` -> torch.bfloat16, refusing names that are not torch floating dtypes."""
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"llava.torch_dtype {name!r} is not a torch floating-point dtype")
+    return dtype
+
+
+def build_llava(
+    settings: LlavaSettings, *, vocab_size: int, image_token_id: int, pad_token_id: int
+) -> LlavaForConditionalGeneration:
+    """Load `settings.path` (llava-hf layout) or build the shapes in `settings` with random weights.
+
+    The embedding / LM-head matrices grow to `vocab_size` rows when the tokenizer (with `[SEG]`
+    added) outgrows them.
+    """
+    dtype = resolve_dtype(settings.torch_dtype)
+    if settings.path:
+        llava = LlavaForConditionalGeneration.from_pretrained(
+            settings.path, dtype=dtype, attn_implementation=settings.attn_implementation
+        )
+        if llava.config.image_token_id != image_token_id:
+            raise ValueError(
+                f"{settings.path}: config image_token_id {llava.config.image_token_id} differs "
+                f"from the tokenizer's <image> id {image_token_id}"
+            )
+        if llava.get_input_embeddings().num_embeddings < vocab_size:
+            # Grow only (llava-hf pads its matrix to a multiple of 64); upstream initialises
+            # added rows with normal(0, 0.02), not the embedding mean.
+            llava.resize_token_embeddings(vocab_size, mean_resizing=False)
+    else:
+        llava = LlavaForConditionalGeneration(
+            llava_config(settings, vocab_size, image_token_id, pad_token_id)
+        ).to(dtype)
+    llava.config.use_cache = False
+    return llava
+
+
+def llava_config(
+    settings: LlavaSettings, vocab_size: int, image_token_id: int, pad_token_id: int
+) -> LlavaConfig:
+    """A llava-hf config for the shapes in `settings` (CLIP vision tower + Llama text model)."""
+    vision = CLIPVisionConfig(
+        hidden_size=settings.vision_hidden_size,
+        num_hidden_layers=settings.vision_layers,
+        num_attention_heads=settings.vision_heads,
+        intermediate_size=settings.vision_intermediate,
+        image_size=settings.vision_image_size,
+        patch_size=settings.vision_patch_size,
+        projection_dim=settings.vision_hidden_size,
+    )
+    text = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=settings.text_hidden_size,
+        num_hidden_layers=settings.text_layers,
+        num_attention_heads=settings.text_heads,
+        num_key_value_heads=settings.text_kv_heads,
+        intermediate_size=settings.text_intermediate,
+        max_position_embeddings=settings.max_position_embeddings,
+        rms_norm_eps=settings.rms_norm_eps,
+        pad_token_id=pad_token_id,
+        tie_word_embeddings=False,
+    )
+    grid = settings.vision_image_size // settings.vision_patch_size
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=image_token_id,
+        image_seq_length=grid * grid,
+        projector_hidden_act=settings.projector_hidden_act,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=settings.vision_feature_layer,
+        tie_word_embeddings=False,
+    )
+    config._attn_implementation = settings.attn_implementation
+    return config
+
+
+def apply_lora(llava: nn.Module, settings: LoraSettings) -> nn.Module:
+    """Wrap `llava` with LoRA adapters on the language model's q/v projections (if enabled).
+
+    Returns the peft wrapper (or `llava` itself when LoRA is off); LoRA layers are injected in
+    place, so the sub-modules reached through :class:`LlavaParts` already carry the adapters.
+    """
+    if not settings.enabled:
+        return llava
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=settings.target_modules,
+        bias="none",
+    )
+    return get_peft_model(llava, config)
+
+
+def base_llava(module: nn.Module) -> LlavaForConditionalGeneration:
+    """The underlying ``LlavaForConditionalGeneration`` of a peft wrapper or of the model itself."""
+    return module.get_base_model() if isinstance(module, PeftModel) else module
+
+
+@dataclass
+class LlavaParts:
+    """Named access to the LLaVA sub-modules READ composes by hand."""
+
+    llava: LlavaForConditionalGeneration
+
+    @property
+    def vision_tower(self) -> nn.Module:
+        return self.llava.model.vision_tower
+
+    @property
+    def projector(self) -> nn.Module:
+        return self.llava.model.multi_modal_projector
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.llava.model.language_model
+
+    @property
+    def embed_tokens(self) -> nn.Embedding:
+        return self.llava.model.language_model.embed_tokens
+
+    @property
+    def lm_head(self) -> nn.Linear:
+        return self.llava.lm_head
+
+    @property
+    def hidden_size(self) -> int:
+        return self.llava.config.text_config.hidden_size
+
+    @property
+    def num_image_tokens(self) -> int:
+        vision = self.llava.config.vision_config
+        return (vision.image_size // vision.patch_size) ** 2
+
+    def image_features(self, clip_pixels: Tensor, *, track_grad: bool) -> Tensor:
+        """Projected CLIP patch features [B_img, N, D] (layer `vision_feature_layer`, CLS dropped).
+
+        `track_grad=False` runs the frozen tower and projector without building a graph.
+        """
+        layer = self.llava.config.vision_feature_layer
+        dtype = next(self.vision_tower.parameters()).dtype
+        with torch.set_grad_enabled(track_grad and torch.is_grad_enabled()):
+            out = self.vision_tower(clip_pixels.to(dtype), output_hidden_states=True)
+            patches = out.hidden_states[layer][:, 1:]
+            return self.projector(patches)

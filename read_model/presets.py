@@ -1,0 +1,58 @@
+"""Model presets: the `model:` section of a YAML in ``configs/`` as a typed :class:`ReadConfig`.
+
+A preset is named (``tiny``, ``read-7b``, ``read-13b`` resolve to ``configs/<name>.yaml``) or given
+as a path. Only the `model:` section is read here; the other sections belong to the pipelines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from read_model.config import ConfigError, ReadConfig, from_dict
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def preset_path(path_or_name: str | Path) -> Path:
+    """`configs/<name>.yaml` for a bare preset name, else the given path."""
+    candidate = Path(path_or_name)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        return candidate
+    named = CONFIG_DIR / f"{path_or_name}.yaml"
+    if not named.exists():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"no preset {str(path_or_name)!r}; known presets: {known}")
+    return named
+
+
+def load_model_config(path_or_name: str | Path) -> ReadConfig:
+    """The validated `ReadConfig` in the `model:` section of a preset YAML."""
+    path = preset_path(path_or_name)
+    with open(path, encoding="utf-8") as handle:
+        document: Any = yaml.safe_load(handle) or {}
+    if not isinstance(document, dict) or "model" not in document:
+        raise ConfigError(f"{path} has no `model:` section")
+    config = from_dict(ReadConfig, document["model"], "model")
+    check_model_config(config)
+    return config
+
+
+def check_model_config(config: ReadConfig) -> None:
+    """Refuse combinations that would only fail deep inside a forward pass."""
+    if config.projection_dim != config.sam.prompt_embed_dim:
+        raise ConfigError(
+            f"model.projection_dim ({config.projection_dim}) must equal model.sam.prompt_embed_dim "
+            f"({config.sam.prompt_embed_dim}): the [SEG] embedding is a SAM prompt token"
+        )
+    llava = config.llava
+    if not llava.path and config.sasp.clip_image_size != llava.vision_image_size:
+        raise ConfigError(
+            f"model.sasp.clip_image_size ({config.sasp.clip_image_size}) must equal "
+            f"model.llava.vision_image_size ({llava.vision_image_size}): the similarity grid "
+            "covers CLIP's center crop"
+        )
+    if not llava.path and llava.vision_image_size % llava.vision_patch_size:
+        raise ConfigError("model.llava.vision_image_size must be a multiple of vision_patch_size")

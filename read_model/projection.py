@@ -1,0 +1,20 @@
+"""The [SEG] projection head: LLM hidden size -> SAM prompt space (upstream ``text_hidden_fcs``)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class SegProjection(nn.Module):
+    """Linear(D, D), ReLU, Linear(D, projection_dim): turns a [SEG] query into a SAM sparse token."""
+
+    def __init__(self, hidden_size: int, projection_dim: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(hidden_size, hidden_size),
+            nn.ReLU(),
+            nn.Linear(hidden_size, projection_dim),
+        )
+
+    def forward(self, query: Tensor) -> Tensor:
+        return self.layers(query)
