@@ -76,6 +76,10 @@ class EvalSettings:
     max_new_tokens: int = 32
     num_overlays: int = 8
     siou_threshold: float = 0.5
+    output: str = "artifacts/eval"  # predictions JSONL + overlays: local folder or s3://
+    use_gpu: bool = False  # one GPU share per model actor (set on GPU clusters)
+    gpus_per_actor: float = 1.0
+    cpus_per_actor: float = 0.5  # fractional so Ray Data's read tasks keep a CPU on small hosts
 
 
 @dataclass
@@ -89,6 +93,20 @@ class MlflowSettings:
 
 
 @dataclass
+class WorkflowSettings:
+    """The one-command workflow (pipelines/workflow.py): where data comes from, what it compares."""
+
+    dataset_root: str = ""  # upstream-format dataset folder; empty = generate synthetic scenes
+    synthetic_images: int = 90  # scenes generated when dataset_root is empty
+    synthetic_seed: int = 0
+    workdir: str = "artifacts"  # local folder for generated data and evaluation outputs
+    eval_data: list[str] = field(default_factory=list)  # "<dataset>/<split>"; empty = data.val
+    ablation_modes: list[str] = field(
+        default_factory=lambda: ["seg_only", "points_discrete", "points_dtoc"]
+    )  # the paper's prompt ablation (Table: <SEG> only, + discrete points, + DtoC)
+
+
+@dataclass
 class JobConfig:
     """A whole job: the model plus the pipeline sections."""
 
@@ -98,6 +116,7 @@ class JobConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
     mlflow: MlflowSettings = field(default_factory=MlflowSettings)
+    workflow: WorkflowSettings = field(default_factory=WorkflowSettings)
 
 
 def load_job_config(path: str | Path | None, overrides: list[str] | None = None) -> JobConfig:

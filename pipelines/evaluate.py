@@ -1,0 +1,404 @@
+"""Score a registered READ model on shard folders with Ray Data; record everything in MLflow.
+
+    python pipelines/evaluate.py --model models:/read-tiny@champion \
+        --data artifacts/shards/reason_seg/val artifacts/shards/fprefcoco/val \
+        [--protocol teacher_forced|generate] [--modes segmentation siou points_only] \
+        [--config configs/tiny.yaml] [--tag-version] [eval.num_actors=2 ...]
+    ray job submit --address http://HEAD:8265 --working-dir . -- python pipelines/evaluate.py ...
+
+A pool of model actors (`map_batches` with `concurrency=eval.num_actors`, a GPU share each when
+`eval.use_gpu`) turns each block of samples into per-query counts; the driver sorts them by query
+id and aggregates, so N actors give exactly the single-actor numbers (no padded sampler). The
+run records the model version it scored, the shard content hashes, the metrics, a metrics table
+(CSV / JSON / markdown), per-query predictions (JSONL, masks as COCO RLE) and overlay images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import re
+import socket
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `python pipelines/evaluate.py` from a checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+
+from pipelines import storage
+from pipelines.config import JobConfig, load_job_config
+from pipelines.evaluation.overlays import png_bytes, render_overlay
+from pipelines.evaluation.predictions_io import to_jsonl
+from pipelines.evaluation.records import QueryResult
+from pipelines.evaluation.scoring import (
+    GroupMetrics,
+    flat_metrics,
+    score_results,
+    table_rows,
+    to_markdown,
+)
+from read_model.config import ConfigError
+
+MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # a key=value override, never a path
+MAX_LOGGED_PREDICTIONS_BYTES = 64 * 2**20  # larger JSONL files stay in storage only
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+              "TRANSFORMERS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_TRACKING_USERNAME",
+                 "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LOCAL_OBJECT_STORE_BYTES = 512 * 2**20
+LOOPBACK = "127.0.0.1"  # a laptop's local Ray listens on loopback only
+
+
+class EvaluationError(RuntimeError):
+    """The evaluation cannot start or produced nothing to score."""
+
+
+# ---------------------------------------------------------------------------- model resolution
+def resolve_model_version(client: Any, uri: str) -> tuple[str, str]:
+    """`models:/name@alias` or `models:/name/N` -> (name, version), checked against the registry.
+
+    Actors load the pinned version, so moving the alias mid-run cannot mix two models.
+    """
+    match = MODEL_URI.match(uri)
+    if not match:
+        raise EvaluationError(f"--model {uri!r} must look like models:/<name>@<alias> or "
+                              "models:/<name>/<version>")
+    from mlflow.exceptions import MlflowException
+
+    name = match["name"]
+    try:
+        if match["alias"]:
+            version = client.get_model_version_by_alias(name, match["alias"]).version
+        else:
+            version = client.get_model_version(name, match["version"]).version
+    except MlflowException as error:
+        raise EvaluationError(f"{uri} is not in the registry: {error}") from error
+    return name, str(version)
+
+
+# ---------------------------------------------------------------------------- Ray Data side
+def _rows(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    size = len(next(iter(batch.values()))) if batch else 0
+    return [{k: v[i] for k, v in batch.items()} for i in range(size)]
+
+
+def _columns(results: list[QueryResult]) -> dict[str, list[Any]]:
+    names = [f for f in QueryResult.__dataclass_fields__]
+    rows = [r.to_row() for r in results]
+    return {name: [row[name] for row in rows] for name in names}
+
+
+def _error_result(key: str, reason: str) -> QueryResult:
+    return QueryResult(uid=f"{key}/!", dataset="", split="", query_id="", query_text="",
+                       is_sentence=False, gt_exists=True, error=reason[:2000])
+
+
+def _overlay_name(uid: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", uid) + ".png"
+
+
+class ScoringActor:
+    """One model replica: decodes a block of shard rows and scores every query in it."""
+
+    def __init__(self, model_uri: str, tracking_uri: str, options: dict[str, Any], output: str,
+                 cpus: float) -> None:
+        import torch
+
+        from pipelines.evaluation.query_scoring import QueryScorer, ScoringOptions
+        from pipelines.registry import load_registered
+
+        torch.set_num_threads(max(1, int(cpus)))
+        model, _, _ = load_registered(model_uri, tracking_uri=tracking_uri)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.output = output
+        self.scorer = QueryScorer(model.to(device), ScoringOptions(**options), self._write_overlay)
+
+    def _write_overlay(self, uid, image, gt, outcome, heat) -> str:
+        picture = render_overlay(image, outcome.mask.numpy(), outcome.points.numpy(),
+                                 outcome.labels.numpy(), heat, gt_mask=gt)
+        url = storage.join(self.output, "overlays", _overlay_name(uid))
+        storage.write_bytes(url, png_bytes(picture))
+        return url
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+        from pipelines.streaming import decode_row
+
+        samples, results = [], []
+        for row in _rows(batch):
+            key = str(row.get("__key__", "?"))
+            try:
+                samples.append(decode_row(row))
+            except Exception as error:  # a damaged record is reported, the job goes on
+                results.append(_error_result(key, f"undecodable sample: {error}"))
+        try:
+            results.extend(self.scorer.score(samples))
+        except Exception:
+            for sample in samples:  # isolate the sample that breaks the batch
+                try:
+                    results.extend(self.scorer.score([sample]))
+                except Exception as error:
+                    results.append(_error_result(sample.key, f"{type(error).__name__}: {error}"))
+        return _columns(results)
+
+
+def _baseline_batch(batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+    """Both trivial baselines for a block of samples; `payload["baseline"]` names the kind."""
+    from pipelines.evaluation.baselines import BASELINES, baseline_results
+    from pipelines.streaming import decode_row
+
+    samples, results = [], []
+    for row in _rows(batch):
+        try:
+            samples.append(decode_row(row))
+        except Exception as error:
+            results.append(_error_result(str(row.get("__key__", "?")), str(error)))
+    for kind in BASELINES:
+        for result in baseline_results(samples, kind):
+            result.payload = {"baseline": kind}
+            results.append(result)
+    return _columns(results)
+
+
+def _collect(dataset: Any) -> list[QueryResult]:
+    return [QueryResult.from_row(row) for row in dataset.iter_rows()]
+
+
+# ---------------------------------------------------------------------------- driver
+def ensure_ray() -> None:
+    """Join RAY_ADDRESS when set, else start a local Ray with the project importable."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {**WORKER_ENV, **storage.aws_environment(),
+           **{n: os.environ[n] for n in FORWARDED_ENV if os.environ.get(n)}}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(runtime_env={"env_vars": env}, log_to_driver=True)
+        return
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
+    # address="local": always a fresh Ray of our own, never another process's cluster.
+    ray.init(address="local", runtime_env={"env_vars": env},
+             object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=True,
+             dashboard_host=LOOPBACK, dashboard_port=_free_port(), _node_ip_address=LOOPBACK)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        return int(probe.getsockname()[1])
+
+
+def _tables(prefix: str, table: list[GroupMetrics]) -> dict[str, bytes]:
+    rows = table_rows(table)
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return {
+        f"{prefix}.csv": buffer.getvalue().encode(),
+        f"{prefix}.json": json.dumps([asdict(g) for g in table], indent=1).encode(),
+        f"{prefix}.md": (to_markdown(rows) + "\n").encode(),
+    }
+
+
+def evaluate(
+    config: JobConfig,
+    model_uri: str,
+    data: Sequence[str],
+    *,
+    tracking_uri: str | None = None,
+    parent_run_id: str | None = None,
+    run_name: str = "evaluate",
+    with_baselines: bool = False,
+    tag_version: bool = False,
+) -> dict[str, Any]:
+    """Run one evaluation; returns a JSON-friendly summary (run id, version, metrics, tables).
+
+    `tag_version` records the pooled metrics on the model version (``read.eval.<metric>`` tags),
+    the evidence champion promotion compares; only the workflow's own evaluation sets it, so an
+    ad-hoc evaluation on other data never changes what promotion sees.
+    """
+    from mlflow.entities import RunStatus
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.streaming import ShardSource, ray_dataset
+    from pipelines.training.tracking import resolve_tracking_uri
+    from pipelines.workflow_steps.champion import record_version_metrics
+
+    settings = config.eval
+    options = {"protocol": settings.protocol, "modes": tuple(settings.modes),
+               "max_new_tokens": settings.max_new_tokens,
+               "siou_threshold": settings.siou_threshold}
+    from pipelines.evaluation.query_scoring import ScoringOptions
+
+    ScoringOptions(**options)  # validate protocol / modes before anything starts
+    if not data:
+        raise EvaluationError("no --data shard folders given")
+    sources = [ShardSource(url) for url in data]
+    tracking_uri = tracking_uri or resolve_tracking_uri(config.mlflow)
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    name, version = resolve_model_version(client, model_uri)
+    pinned = f"models:/{name}/{version}"
+    storage.check_reachable(settings.output)
+
+    experiment = client.get_experiment_by_name(config.mlflow.experiment)
+    experiment_id = (experiment.experiment_id if experiment
+                     else client.create_experiment(config.mlflow.experiment))
+    tags = {"read.model_name": name, "read.model_version": version, "read.kind": "evaluate"}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run_id = client.create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
+    try:
+        params = {"model_uri": model_uri, "model_version": version, "protocol": settings.protocol,
+                  "modes": ",".join(settings.modes), "num_actors": settings.num_actors,
+                  "batch_size": settings.batch_size}
+        for source in sources:
+            params[f"data.{source.dataset}/{source.split}.content_hash"] = source.content_hash
+        for key, value in params.items():
+            client.log_param(run_id, key.replace("+", "plus"), str(value))
+        base = settings.output if storage.is_s3(settings.output) else str(Path(settings.output).resolve())
+        output = storage.join(base, run_id)  # absolute: actors run in other directories
+        total_queries = sum(int(s.manifest.get("num_queries", 0)) for s in sources)
+        options["overlay_fraction"] = min(1.0, 2.0 * settings.num_overlays / max(total_queries, 1))
+
+        ensure_ray()
+        remote: dict[str, Any] = {"num_cpus": settings.cpus_per_actor}
+        if settings.use_gpu:
+            remote["num_gpus"] = settings.gpus_per_actor
+        scored = ray_dataset(sources).map_batches(
+            ScoringActor,
+            fn_constructor_kwargs={"model_uri": pinned, "tracking_uri": tracking_uri,
+                                   "options": options, "output": output,
+                                   "cpus": settings.cpus_per_actor},
+            batch_size=settings.batch_size,
+            concurrency=settings.num_actors,
+            batch_format="numpy",
+            **remote,
+        )
+        results = _collect(scored)
+        summary = _record(client, run_id, name, version, results, output, settings.num_overlays)
+        if with_baselines:
+            summary["baselines"] = _baselines(client, run_id, sources, settings.batch_size)
+        if tag_version:
+            pooled = {k: v for k, v in summary["metrics"].items() if "." not in k}
+            record_version_metrics(client, name, version, pooled)
+    except BaseException:
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+    return {"run_id": run_id, "model_name": name, "model_version": version, **summary}
+
+
+def _baselines(client: Any, run_id: str, sources: list[Any], batch_size: int) -> dict[str, Any]:
+    """Score the empty-mask and whole-image baselines on the same shards; log them to the run."""
+    from pipelines.evaluation.baselines import BASELINES
+    from pipelines.streaming import ray_dataset
+
+    rows = _collect(ray_dataset(sources).map_batches(
+        _baseline_batch, batch_format="numpy", batch_size=batch_size, num_cpus=0.5))
+    out = {}
+    for kind in BASELINES:
+        table = score_results(r for r in rows if r.payload.get("baseline") == kind)
+        metrics = flat_metrics(table)
+        for key, value in metrics.items():
+            client.log_metric(run_id, f"baseline.{kind}.{key}", value)
+        out[kind] = {"metrics": metrics, "markdown": to_markdown(table_rows(table))}
+    return out
+
+
+def _record(client: Any, run_id: str, name: str, version: str, results: list[QueryResult],
+            output: str, num_overlays: int) -> dict[str, Any]:
+    """Score on the driver, write predictions, and log metrics, tables and overlays."""
+    errors = [r for r in results if r.error]
+    scored = [r for r in results if not r.error]
+    if not scored:
+        reasons = "; ".join(r.error for r in errors[:3])
+        raise EvaluationError(f"no query could be scored ({len(errors)} errors: {reasons})")
+    table = score_results(scored)
+    metrics = flat_metrics(table)
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value)
+    client.log_metric(run_id, "unscorable_samples", float(len(errors)))
+
+    predictions_url = storage.join(output, "predictions.jsonl")
+    jsonl = to_jsonl(scored).encode()
+    storage.write_bytes(predictions_url, jsonl)
+    client.set_tag(run_id, "read.predictions", predictions_url)
+    overlays = sorted((r.uid, r.payload["overlay"]) for r in scored if "overlay" in r.payload)
+    with tempfile.TemporaryDirectory(prefix="read-eval-") as tmp:
+        folder = Path(tmp)
+        files = _tables("metrics", table)
+        if errors:
+            files["unscorable.json"] = json.dumps([{"uid": r.uid, "reason": r.error}
+                                                   for r in errors], indent=1).encode()
+        if len(jsonl) <= MAX_LOGGED_PREDICTIONS_BYTES:
+            files["predictions.jsonl"] = jsonl
+        for file_name, blob in files.items():
+            (folder / file_name).write_bytes(blob)
+            client.log_artifact(run_id, str(folder / file_name))
+        (folder / "overlays").mkdir()
+        for uid, url in overlays[:num_overlays]:
+            (folder / "overlays" / _overlay_name(uid)).write_bytes(storage.read_bytes(url))
+        if overlays:
+            client.log_artifacts(run_id, str(folder / "overlays"), "overlays")
+    return {"metrics": metrics, "markdown": to_markdown(table_rows(table)),
+            "predictions": predictions_url, "num_errors": len(errors),
+            "overlays": [url for _, url in overlays[:num_overlays]]}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="models:/<name>@<alias> or models:/<name>/<N>")
+    parser.add_argument("--data", nargs="+", required=True, help="shard folders (<root>/<dataset>/<split>)")
+    parser.add_argument("--protocol", choices=("teacher_forced", "generate"))
+    parser.add_argument("--modes", nargs="+", help="segmentation siou points_only")
+    parser.add_argument("--config", help="YAML preset (default: built-in defaults)")
+    parser.add_argument("--tag-version", action="store_true",
+                        help="record the pooled metrics on the model version (read.eval.*), the "
+                             "evidence pipelines/promote.py compares")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. eval.num_actors=2")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    # `--data a b key=value`: argparse gives the trailing overrides to --data; take them back.
+    data = [d for d in args.data if not OVERRIDE.match(d)]
+    overrides = [d for d in args.data if OVERRIDE.match(d)] + list(args.overrides)
+    if args.protocol:
+        overrides.append(f"eval.protocol={args.protocol}")
+    if args.modes:
+        overrides.append(f"eval.modes=[{','.join(args.modes)}]")
+    config = load_job_config(args.config, overrides)
+    summary = evaluate(config, args.model, data, tag_version=args.tag_version)
+    print(summary["markdown"])
+    print(json.dumps({k: v for k, v in summary.items() if k != "markdown"}), flush=True)
+    return summary
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """Exit code 2 with a one-line message when the job cannot start."""
+    from pipelines.streaming import StreamError
+
+    try:
+        main(argv)
+    except (ConfigError, EvaluationError, StreamError, storage.StorageError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

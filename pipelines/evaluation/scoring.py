@@ -1,0 +1,168 @@
+"""Aggregate per-query results into the paper's metrics (upstream-spec §8), deterministically.
+
+Rules (upstream's ``intersectionAndUnionGPU`` + meters, via ``read_model.metrics``):
+* per-query IoU = I / (U + 1e-5), and 1.0 when U == 0 (empty GT and empty prediction);
+* gIoU = mean of per-query IoU; cIoU = ΣI / (ΣU + 1e-10);
+* gIoU/cIoU use the true-premise queries; the short/long split is by ``is_sentence``;
+* See = accuracy of ``pred_exists == gt_exists`` over all queries of a group that has false
+  premises; Segment = cIoU over all its queries, false premises scored against an all-zero GT
+  (the actors already counted them that way);
+* Say: see :mod:`pipelines.evaluation.say_score`.
+
+Results are sorted by ``uid`` before any sum, so the float results do not depend on how many
+actors produced them or in which order their blocks arrived.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipelines.evaluation.records import MISSING, QueryResult
+from pipelines.evaluation.say_score import judge_say
+from read_model.metrics import SeeMeter, SegmentationMeter
+
+OVERALL = "all"
+
+
+def giou_ciou(intersection: np.ndarray, union: np.ndarray) -> tuple[float, float]:
+    """gIoU and cIoU of aligned per-query counts, through the model package's meter (one rule)."""
+    if len(intersection) == 0:
+        return float("nan"), float("nan")
+    meter = SegmentationMeter()
+    meter.update(np.asarray(intersection).tolist(), np.asarray(union).tolist())
+    result = meter.result()
+    return float(result["giou"]), float(result["ciou"])
+
+
+@dataclass
+class GroupMetrics:
+    """Metrics of one dataset/split (or of everything pooled)."""
+
+    dataset: str
+    split: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _seg_metrics(prefix: str, inter: np.ndarray, union: np.ndarray, out: dict[str, float]) -> None:
+    if inter.size:
+        giou, ciou = giou_ciou(inter, union)
+        out[f"{prefix}giou"] = giou
+        out[f"{prefix}ciou"] = ciou
+        out[f"{prefix}count"] = float(inter.size)
+
+
+def score_group(results: list[QueryResult]) -> dict[str, float]:
+    """All metrics of one group of results (already in a deterministic order)."""
+    out: dict[str, float] = {"num_queries": float(len(results))}
+    if not results:
+        return out
+    inter = np.array([r.intersection for r in results], dtype=np.int64)
+    union = np.array([r.union for r in results], dtype=np.int64)
+    gt_exists = np.array([r.gt_exists for r in results], dtype=bool)
+    pred_exists = np.array([r.pred_exists for r in results], dtype=bool)
+    sentence = np.array([r.is_sentence for r in results], dtype=bool)
+
+    _seg_metrics("", inter[gt_exists], union[gt_exists], out)
+    _seg_metrics("short_", inter[gt_exists & ~sentence], union[gt_exists & ~sentence], out)
+    _seg_metrics("long_", inter[gt_exists & sentence], union[gt_exists & sentence], out)
+
+    if not gt_exists.all():
+        see = SeeMeter()
+        see.update(pred_exists.tolist(), gt_exists.tolist())
+        out["see"] = float(see.result()["see_accuracy"])
+        out["segment_ciou"] = giou_ciou(inter, union)[1]
+        judgements = [judge_say(r.text, r.gt_sent) for r in results if not r.gt_exists]
+        scored = [j for j in judgements if j is not None]
+        out["say_count"] = float(len(scored))
+        if scored:
+            out["say"] = float(np.mean([j.exact for j in scored]))
+            out["say_recall"] = float(np.mean([j.recall for j in scored]))
+
+    for name in ("siou", "points_only"):
+        i = np.array([getattr(r, f"{name}_intersection") for r in results], dtype=np.int64)
+        u = np.array([getattr(r, f"{name}_union") for r in results], dtype=np.int64)
+        keep = gt_exists & (u != MISSING) & (i != MISSING)
+        _seg_metrics(f"{name}_", i[keep], u[keep], out)
+    return out
+
+
+def score_results(results: Iterable[QueryResult]) -> list[GroupMetrics]:
+    """Metrics per (dataset, split), sorted by name, then the pooled group ``all/all``.
+
+    Results carrying an `error` (unreadable samples) are left out here and reported by the caller.
+    Duplicate uids are an error: they would mean a query was scored twice (padding bias).
+    """
+    ordered = sorted((r for r in results if not r.error), key=lambda r: r.uid)
+    uids = [r.uid for r in ordered]
+    if len(set(uids)) != len(uids):
+        dupes = sorted({u for u in uids if uids.count(u) > 1})[:5]
+        raise ValueError(f"queries scored more than once: {dupes}")
+    groups: dict[tuple[str, str], list[QueryResult]] = {}
+    for r in ordered:
+        groups.setdefault((r.dataset, r.split), []).append(r)
+    table = [GroupMetrics(d, s, score_group(rs)) for (d, s), rs in sorted(groups.items())]
+    table.append(GroupMetrics(OVERALL, OVERALL, score_group(ordered)))
+    return table
+
+
+def metric_key(dataset: str, split: str, metric: str) -> str:
+    """MLflow-safe flat name; the pooled group's metrics keep their bare names (e.g. ``giou``)."""
+    if dataset == OVERALL and split == OVERALL:
+        return metric
+    safe = f"{dataset}.{split}".replace("+", "plus")
+    return f"{safe}.{metric}"
+
+
+def flat_metrics(table: list[GroupMetrics]) -> dict[str, float]:
+    """Every finite metric of a table under its :func:`metric_key`."""
+    flat: dict[str, float] = {}
+    for group in table:
+        for name, value in group.metrics.items():
+            if np.isfinite(value):
+                flat[metric_key(group.dataset, group.split, name)] = value
+    return flat
+
+
+TABLE_COLUMNS = (
+    "giou", "ciou", "short_giou", "short_ciou", "long_giou", "long_ciou",
+    "see", "segment_ciou", "say", "say_recall", "siou_giou", "siou_ciou",
+    "points_only_giou", "points_only_ciou", "num_queries",
+)
+
+
+def table_rows(table: list[GroupMetrics]) -> list[dict[str, object]]:
+    """Rows for CSV/JSON/markdown: dataset, split, then the columns that any group has."""
+    present = [c for c in TABLE_COLUMNS if any(c in g.metrics for g in table)]
+    rows = []
+    for g in table:
+        row: dict[str, object] = {"dataset": g.dataset, "split": g.split}
+        for c in present:
+            row[c] = g.metrics.get(c, float("nan"))
+        rows.append(row)
+    return rows
+
+
+def to_markdown(rows: list[dict[str, object]]) -> str:
+    """A markdown table (percentages for scores, counts as integers)."""
+    if not rows:
+        return ""
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = []
+        for c in columns:
+            v = row[c]
+            if isinstance(v, float):
+                if np.isnan(v):
+                    cells.append("n.a.")
+                elif c.endswith("count") or c == "num_queries":
+                    cells.append(str(int(v)))
+                else:
+                    cells.append(f"{100 * v:.2f}")
+            else:
+                cells.append(str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

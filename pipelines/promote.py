@@ -1,0 +1,68 @@
+"""Move the `champion` alias to an evaluated model version when it beats the current champion.
+
+    python pipelines/promote.py --config configs/read-7b.yaml [--alias candidate] [key=value ...]
+
+The last step of the workflow when its steps run as separate jobs (e.g. one RayJob each on
+Kubernetes): the version the alias names (default `candidate`, set by train.py) is compared on
+`mlflow.champion_metric` with the current champion, using the metrics evaluate.py recorded on each
+version. Ties, and versions never evaluated, leave the champion where it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python pipelines/promote.py` from a checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipelines.config import load_job_config
+from pipelines.registry import CANDIDATE_ALIAS
+from pipelines.training.tracking import resolve_tracking_uri
+from pipelines.workflow_steps.champion import promote_if_better
+from read_model.config import ConfigError
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="YAML preset naming the registered model")
+    parser.add_argument("--alias", default=CANDIDATE_ALIAS,
+                        help="alias of the version to consider (default: candidate)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. mlflow.champion_metric=ciou")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    """Decide and apply the promotion; returns (and prints as one JSON line) the decision."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    args = parse_args(argv)
+    config = load_job_config(args.config, args.overrides)
+    client = MlflowClient(tracking_uri=resolve_tracking_uri(config.mlflow))
+    name = config.mlflow.registered_model
+    try:
+        version = str(client.get_model_version_by_alias(name, args.alias).version)
+    except MlflowException as error:
+        raise ConfigError(f"model {name!r} has no version with alias {args.alias!r}") from error
+    decision = promote_if_better(client, name, version, config.mlflow.champion_metric)
+    summary = {"model": name, "version": version, "metric": config.mlflow.champion_metric,
+               "promoted": decision.promoted, "reason": decision.reason,
+               "previous_version": decision.previous_version}
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+def cli(argv: list[str] | None = None) -> int:
+    try:
+        main(argv)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,236 @@
+"""The main job: data -> shards -> train -> evaluate -> promote, each step skipped when unchanged.
+
+    python pipelines/workflow.py                          # tiny preset, synthetic data, CPU
+    python pipelines/workflow.py --config configs/tiny.yaml train.max_steps=50
+    python pipelines/workflow.py --ablation               # the paper's prompt-mode ablation
+    RAY_ADDRESS=... MLFLOW_TRACKING_URI=http://... python pipelines/workflow.py \
+        --config configs/read-7b.yaml data.shards=s3://bucket/shards
+
+With no `workflow.dataset_root` it generates synthetic scenes in the upstream formats. Every step
+is a Ray task recorded as a child run of one MLflow parent run; a step whose inputs did not change
+since a finished run is skipped and its recorded outputs reused, so re-running a failed workflow
+resumes where it stopped. The new model version becomes `champion` only when it beats the current
+champion on `mlflow.champion_metric` (ties and failed evaluations leave the alias where it is).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `python pipelines/workflow.py` from a checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipelines import storage
+from pipelines.config import JobConfig, load_job_config
+from pipelines.workflow_steps import steps
+from pipelines.workflow_steps.runner import StepFailed, StepRunner
+from read_model.config import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "tiny.yaml"  # the embedded default the README runs
+
+
+def _banner(text: str) -> None:
+    print(f"\n{'=' * 8} {text} {'=' * max(4, 70 - len(text))}", flush=True)
+
+
+def _config_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _location(path: str) -> str:
+    return steps.absolute(path) if not storage.is_s3(path) else path
+
+
+def run_workflow(config_path: str | Path | None, overrides: list[str], *, ablation: bool = False,
+                 use_ray: bool = True) -> dict[str, Any]:
+    """Run (or resume) the workflow; returns the step outputs and the final tables."""
+    from mlflow.entities import RunStatus
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.training.tracking import resolve_tracking_uri
+
+    config_path = Path(config_path or DEFAULT_CONFIG).resolve()
+    config = load_job_config(config_path, overrides)  # fails fast on any bad key
+    tracking_uri = resolve_tracking_uri(config.mlflow)
+    shards = _location(config.data.shards)
+    workdir = _location(config.workflow.workdir)
+    eval_names = list(config.workflow.eval_data or config.data.val)
+    # Every path a step sees is absolute; the tracking URI is explicit in every step.
+    pinned = [*overrides, f"mlflow.tracking_uri={tracking_uri}", f"data.shards={shards}",
+              f"train.storage_path={_location(config.train.storage_path)}",
+              f"eval.output={_location(config.eval.output)}"]
+    context = {"config_sha256": _config_hash(config_path)}
+
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(config.mlflow.experiment)
+    experiment_id = (experiment.experiment_id if experiment
+                     else client.create_experiment(config.mlflow.experiment))
+    parent = client.create_run(experiment_id, run_name="workflow-ablation" if ablation else "workflow",
+                               tags={"read.kind": "workflow"}).info.run_id
+    client.log_param(parent, "config", str(config_path))
+    client.log_param(parent, "overrides", " ".join(overrides)[:6000] or "-")
+    _banner(f"workflow run {parent} (MLflow {tracking_uri})")
+    runner = StepRunner(client, experiment_id, parent, use_ray=use_ray, log=_banner)
+    try:
+        if use_ray:
+            from pipelines.evaluate import ensure_ray
+
+            ensure_ray()
+        result = _steps(runner, config, config_path, pinned, context, shards, workdir, eval_names,
+                        tracking_uri, parent, ablation)
+    except BaseException:
+        client.set_terminated(parent, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    client.set_terminated(parent, RunStatus.to_string(RunStatus.FINISHED))
+    result.update(parent_run_id=parent, tracking_uri=tracking_uri,
+                  skipped=[r.name for r in runner.results if r.skipped],
+                  ran=[r.name for r in runner.results if not r.skipped])
+    _report(client, result, tracking_uri)
+    return result
+
+
+def _steps(runner: StepRunner, config: JobConfig, config_path: Path, pinned: list[str],
+           context: dict[str, Any], shards: str, workdir: str, eval_names: list[str],
+           tracking_uri: str, parent: str, ablation: bool) -> dict[str, Any]:
+    settings = config.workflow
+    if settings.dataset_root:
+        dataset_root, source_stamp, user_data = steps.absolute(settings.dataset_root), "", True
+    else:
+        generated = runner.run(
+            "generate", steps.generate_synthetic,
+            {"out": storage.join(workdir, "synthetic"), "seed": settings.synthetic_seed,
+             "images": settings.synthetic_images},
+            still_valid=lambda out: Path(out["dataset_root"]).is_dir(),
+        )
+        dataset_root, user_data = generated["dataset_root"], False
+        source_stamp = steps.stamp(generated["summary"])
+    folders = sorted(set(config.data.train) | set(eval_names))
+    built = runner.run(
+        "build_shards", steps.build,
+        {"dataset_root": dataset_root, "shards": shards, "folders": folders,
+         "source_stamp": source_stamp},
+        still_valid=steps.shards_unchanged,
+        always=user_data,  # user folders may change in place; build_shards skips what is current
+    )
+    data_hashes = built["content_hashes"]
+    eval_data = [storage.join(shards, name) for name in eval_names]
+
+    modes = list(settings.ablation_modes) if ablation else [config.model.prompt_mode]
+    trained: dict[str, dict[str, Any]] = {}
+    evaluated: dict[str, dict[str, Any]] = {}
+    for mode in modes:
+        train_overrides = [*pinned, f"model.prompt_mode={mode}"]
+        run_name = f"wf-{mode}-{steps.stamp(train_overrides, data_hashes, context)}"
+        trained[mode] = runner.run(
+            f"train[{mode}]", steps.train,
+            {"config_path": str(config_path),
+             "overrides": [*train_overrides, f"train.run_name={run_name}"]},
+            context={**context, "data": data_hashes},
+        )
+        model_uri = f"models:/{trained[mode]['model_name']}/{trained[mode]['version']}"
+        evaluated[mode] = runner.run(
+            f"evaluate[{mode}]", steps.evaluate_version,
+            {"config_path": str(config_path), "overrides": train_overrides,
+             "model_uri": model_uri, "data": eval_data, "tracking_uri": tracking_uri},
+            context={**context, "data": data_hashes},
+            runtime={"parent_run_id": parent},
+        )
+    result: dict[str, Any] = {"trained": trained, "evaluated": evaluated, "modes": modes}
+    if not ablation:
+        mode = modes[0]
+        result["promotion"] = runner.run(
+            "promote", steps.promote,
+            {"tracking_uri": tracking_uri, "model_name": trained[mode]["model_name"],
+             "version": trained[mode]["version"], "metric": config.mlflow.champion_metric},
+            always=True,
+        )
+    return result
+
+
+# ---------------------------------------------------------------------------- the final report
+def _fmt(value: Any) -> str:
+    return "n.a." if value is None else f"{100 * float(value):.2f}"
+
+
+def baseline_table(evaluation: dict[str, Any]) -> str:
+    """The model's pooled gIoU/cIoU next to the empty-mask and whole-image baselines."""
+    rows = [("trained model", evaluation["metrics"])]
+    rows += [(f"baseline: {kind.replace('_', ' ')}", m) for kind, m in evaluation["baselines"].items()]
+    lines = ["| predictor | gIoU | cIoU |", "|---|---|---|"]
+    lines += [f"| {name} | {_fmt(m.get('giou'))} | {_fmt(m.get('ciou'))} |" for name, m in rows]
+    return "\n".join(lines)
+
+
+def ablation_table(client: Any, evaluated: dict[str, dict[str, Any]]) -> str:
+    """The paper's prompt ablation, read back from the evaluation runs in MLflow."""
+    labels = {"seg_only": "[SEG] prompt only", "points_discrete": "+ P prompt (discrete points)",
+              "points_dtoc": "+ P DtoC (continuous)"}
+    lines = ["| configuration | prompt_mode | gIoU | cIoU |", "|---|---|---|---|"]
+    for mode, outputs in evaluated.items():
+        metrics = client.get_run(outputs["evaluation_run_id"]).data.metrics
+        lines.append(f"| {labels.get(mode, mode)} | {mode} | {_fmt(metrics.get('giou'))} | "
+                     f"{_fmt(metrics.get('ciou'))} |")
+    return "\n".join(lines)
+
+
+def _metrics_markdown(client: Any, run_id: str) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        return Path(client.download_artifacts(run_id, "metrics.md", tmp)).read_text()
+
+
+def ui_hint(tracking_uri: str) -> str:
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"Open the MLflow UI at {tracking_uri}"
+    return f"Open the MLflow UI with: mlflow ui --backend-store-uri {tracking_uri}"
+
+
+def _report(client: Any, result: dict[str, Any], tracking_uri: str) -> None:
+    evaluated = result["evaluated"]
+    last = evaluated[result["modes"][-1]]
+    _banner("metrics (per dataset/split; scores in %)")
+    print(_metrics_markdown(client, last["evaluation_run_id"]), flush=True)
+    _banner("trained model against trivial baselines (same evaluation data)")
+    print(baseline_table(last))
+    result["baseline_table"] = baseline_table(last)
+    if len(evaluated) > 1:
+        _banner("prompt ablation (read back from MLflow)")
+        result["ablation_table"] = ablation_table(client, evaluated)
+        print(result["ablation_table"])
+    if "promotion" in result:
+        print(f"\nchampion: {result['promotion']['reason']}")
+    print(f"steps run: {', '.join(result['ran']) or '-'}; skipped (unchanged): "
+          f"{', '.join(result['skipped']) or '-'}")
+    print(ui_hint(tracking_uri), flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help=f"YAML preset (default: {DEFAULT_CONFIG.relative_to(REPO_ROOT)})")
+    parser.add_argument("--ablation", action="store_true",
+                        help="train and evaluate every workflow.ablation_modes prompt mode")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=50")
+    return parser.parse_args(argv)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run_workflow(args.config, args.overrides, ablation=args.ablation)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except StepFailed as error:
+        print(f"\nworkflow stopped: {error}\nfix the cause and run the same command again: "
+              "finished steps are skipped.", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

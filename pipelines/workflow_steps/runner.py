@@ -1,0 +1,184 @@
+"""Run workflow steps as Ray tasks, record each as an MLflow child run, skip unchanged ones.
+
+A step is a plain function of JSON-serialisable keyword inputs returning a JSON-serialisable dict.
+Its fingerprint is a hash of its name, a code-version stamp and its inputs (which include the
+outputs of the steps it depends on). A FINISHED child run in the experiment with the same
+fingerprint means the step already ran: its recorded outputs are reused and the step is skipped.
+MLflow is therefore the state store, so a workflow that failed half-way resumes where it stopped
+on a laptop (local store) and on a cluster (a shared tracking server) alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+STEP_CODE_VERSION = "1"  # bump when a step's behaviour changes so old results are not reused
+FAIL_STEP_ENV = "READ_WORKFLOW_FAIL_STEP"  # test hook: name of a step to fail on purpose
+TAG_STEP = "read.step"
+TAG_FINGERPRINT = "read.fingerprint"
+TAG_OUTPUTS = "read.outputs"
+TAG_SKIPPED_FROM = "read.skipped_from"
+TAG_ERROR = "read.error"
+TAG_WORKFLOW = "read.workflow"
+PARENT_TAG = "mlflow.parentRunId"
+MAX_PARAM_CHARS = 6000  # MLflow's parameter value limit
+MAX_TAG_CHARS = 8000
+
+
+class StepFailed(RuntimeError):
+    """A workflow step raised; the message names the step and its MLflow run."""
+
+
+class InjectedFailure(RuntimeError):
+    """Raised inside a step when FAIL_STEP_ENV names it (resume tests, drills)."""
+
+
+def fingerprint(name: str, inputs: dict[str, Any]) -> str:
+    """Stable hash of a step's identity and inputs."""
+    blob = json.dumps({"step": name, "code": STEP_CODE_VERSION, "inputs": inputs},
+                      sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass
+class StepResult:
+    name: str
+    outputs: dict[str, Any]
+    skipped: bool
+    run_id: str
+
+
+def _call_step(fn: Callable[..., dict[str, Any]], name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    if os.environ.get(FAIL_STEP_ENV) == name:
+        raise InjectedFailure(f"step {name!r} failed on purpose ({FAIL_STEP_ENV}={name})")
+    return fn(**inputs)
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = json.dumps(value, default=str)[:MAX_PARAM_CHARS]
+
+
+class StepRunner:
+    """Executes steps under one parent MLflow run, each as a child run."""
+
+    def __init__(
+        self,
+        client: MlflowClient,
+        experiment_id: str,
+        parent_run_id: str,
+        *,
+        use_ray: bool = True,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.client = client
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.use_ray = use_ray
+        self.log = log
+        self.results: list[StepResult] = []
+
+    def find_finished(self, name: str, fp: str) -> tuple[str, dict[str, Any]] | None:
+        """The newest FINISHED run of step `name` with fingerprint `fp`, and its outputs."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=(f"tags.`{TAG_STEP}` = '{name}' and tags.`{TAG_FINGERPRINT}` = '{fp}' "
+                           "and attributes.status = 'FINISHED'"),
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if not runs or TAG_OUTPUTS not in runs[0].data.tags:
+            return None
+        return runs[0].info.run_id, json.loads(runs[0].data.tags[TAG_OUTPUTS])
+
+    def run(
+        self,
+        name: str,
+        fn: Callable[..., dict[str, Any]],
+        inputs: dict[str, Any],
+        *,
+        still_valid: Callable[[dict[str, Any]], bool] | None = None,
+        always: bool = False,
+        context: dict[str, Any] | None = None,
+        runtime: dict[str, Any] | None = None,
+        num_cpus: float = 0,
+    ) -> dict[str, Any]:
+        """Run (or skip) one step and return its outputs.
+
+        `inputs` are passed to `fn` and fingerprinted; `context` is fingerprinted only (e.g. the
+        hash of a config file whose path is an input); `runtime` is passed only (e.g. the parent
+        run id, which differs on every invocation). `still_valid(outputs)` lets a step refuse a
+        cached result whose files are gone; `always` runs the step even when unchanged (cheap
+        decisions such as promotion). The step runs as a Ray task with `num_cpus` (0 by default:
+        the step only orchestrates; the Ray Train / Ray Data work it starts reserves its CPUs).
+        """
+        fp = fingerprint(name, {"inputs": inputs, "context": context or {}})
+        cached = None if always else self.find_finished(name, fp)
+        if cached is not None and (still_valid is None or still_valid(cached[1])):
+            source_run, outputs = cached
+            run = self._child(name, fp, {TAG_SKIPPED_FROM: source_run})
+            self._finish(run, outputs)
+            self.log(f"step {name}: unchanged, skipped (outputs of run {source_run})")
+            self.results.append(StepResult(name, outputs, True, run))
+            return outputs
+
+        run = self._child(name, fp, {})
+        params: dict[str, str] = {}
+        _flatten("", inputs, params)
+        for key in sorted(params)[:100]:
+            self.client.log_param(run, key[:250], params[key])
+        self.log(f"step {name}: running (MLflow run {run})")
+        start = time.monotonic()
+        try:
+            outputs = self._execute(fn, name, {**inputs, **(runtime or {})}, num_cpus)
+        except BaseException as error:
+            message = f"{type(error).__name__}: {error}"
+            self.client.set_tag(run, TAG_ERROR, message[:MAX_TAG_CHARS])
+            self.client.set_tag(run, "read.traceback", traceback.format_exc()[-MAX_TAG_CHARS:])
+            self.client.set_terminated(run, RunStatus.to_string(RunStatus.FAILED))
+            self.log(f"step {name}: FAILED ({message})")
+            raise StepFailed(f"step {name!r} failed (MLflow run {run}): {message}") from error
+        self.client.log_metric(run, "step_seconds", time.monotonic() - start)
+        self._finish(run, outputs)
+        self.log(f"step {name}: done in {time.monotonic() - start:.1f}s")
+        self.results.append(StepResult(name, outputs, False, run))
+        return outputs
+
+    def _execute(self, fn, name, inputs, num_cpus):
+        if not self.use_ray:
+            return _call_step(fn, name, inputs)
+        import ray
+
+        options: dict[str, Any] = {"name": f"workflow:{name}"}
+        if os.environ.get(FAIL_STEP_ENV):  # the drill hook reaches the worker process too
+            options["runtime_env"] = {"env_vars": {FAIL_STEP_ENV: os.environ[FAIL_STEP_ENV]}}
+        remote = ray.remote(num_cpus=num_cpus, max_retries=0)(_call_step).options(**options)
+        return ray.get(remote.remote(fn, name, inputs))
+
+    def _child(self, name: str, fp: str, extra_tags: dict[str, str]) -> str:
+        tags = {PARENT_TAG: self.parent_run_id, TAG_STEP: name, TAG_FINGERPRINT: fp, **extra_tags}
+        run = self.client.create_run(self.experiment_id, tags=tags, run_name=name)
+        return run.info.run_id
+
+    def _finish(self, run_id: str, outputs: dict[str, Any]) -> None:
+        text = json.dumps(outputs, sort_keys=True, default=str)
+        if len(text) > MAX_TAG_CHARS:
+            raise ValueError(f"step outputs are {len(text)} chars; keep them small (paths, ids)")
+        self.client.set_tag(run_id, TAG_OUTPUTS, text)
+        for key, value in (outputs.get("metrics") or {}).items():
+            if isinstance(value, int | float):
+                self.client.log_metric(run_id, key, float(value))
+        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))

@@ -1,0 +1,110 @@
+"""Batch evaluation of a registered tiny model from a real MLflow server over synthetic shards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from dataset_builders.reason_seg import iter_reason_seg
+from dataset_builders.refer import iter_refer
+from dataset_builders.sample import Sample
+from pipelines.build_shards import write_samples
+from pipelines.config import load_job_config
+from pipelines.evaluate import EvaluationError, evaluate, resolve_model_version
+from pipelines.evaluation.predictions_io import decode_rle, from_jsonl
+from pipelines.workflow_steps.champion import METRIC_TAG_PREFIX
+from read_model.metrics import intersection_union
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_NAME = "read-eval-test"
+
+
+@pytest.fixture(scope="module")
+def eval_shards(synthetic_root, tmp_path_factory) -> tuple[list[str], dict[str, Sample]]:
+    out = tmp_path_factory.mktemp("eval-shards")
+    reason = [s for s in iter_reason_seg(synthetic_root, "val") if isinstance(s, Sample)][:3]
+    fp = [s for s in iter_refer(synthetic_root, "fprefcoco", "val") if isinstance(s, Sample)][:2]
+    assert reason and fp and any(not q.exists for s in fp for t in s.targets for q in t.queries)
+    folders = []
+    for name, samples in (("reason_seg", reason), ("fprefcoco", fp)):
+        folder = str(out / name / "val")
+        write_samples(samples, folder, dataset=name, split="val")
+        folders.append(folder)
+    return folders, {s.key: s for s in reason + fp}
+
+
+@pytest.fixture(scope="module")
+def registered(mlflow_server, tmp_path_factory) -> str:
+    from pipelines.registry import log_and_register
+    from read_model.checkpoint import save_trainable
+    from read_model.model import build_model
+
+    config = load_job_config(REPO / "configs" / "tiny.yaml")
+    model, tokenizer = build_model(config.model)
+    folder = tmp_path_factory.mktemp("model") / "model"
+    save_trainable(model, tokenizer, config.model, folder)
+    client = MlflowClient(mlflow_server)
+    experiment = client.create_experiment("eval-test-models")
+    run = client.create_run(experiment).info.run_id
+    return log_and_register(folder, MODEL_NAME, run, alias="champion", tracking_uri=mlflow_server)
+
+
+@pytest.mark.integration
+def test_one_and_two_actors_score_identically(ray_local, mlflow_server, registered, eval_shards,
+                                             tmp_path):
+    folders, samples = eval_shards
+    base = [f"eval.output={tmp_path / 'out'}", "eval.batch_size=2", "eval.num_overlays=2",
+            "eval.modes=[segmentation,siou]", "mlflow.experiment=eval-test"]
+    summaries = []
+    for actors in (1, 2):
+        config = load_job_config(REPO / "configs" / "tiny.yaml", [*base, f"eval.num_actors={actors}"])
+        summaries.append(evaluate(config, f"models:/{MODEL_NAME}@champion", folders,
+                                  tracking_uri=mlflow_server, with_baselines=actors == 1,
+                                  tag_version=actors == 1))
+    one, two = summaries
+    assert one["metrics"] == two["metrics"]  # exact, not approximate
+    assert one["model_version"] == registered and one["num_errors"] == 0
+    for key in ("giou", "ciou", "fprefcoco.val.see", "fprefcoco.val.segment_ciou",
+                "reason_seg.val.giou", "reason_seg.val.long_giou", "siou_giou"):
+        assert key in one["metrics"], key
+    assert one["baselines"]["empty_mask"]["metrics"]["giou"] == 0.0
+    assert 0.0 < one["baselines"]["whole_image"]["metrics"]["ciou"] < 1.0
+
+    # Predictions: every query once; the RLE mask reproduces the recorded counts against the GT.
+    results = from_jsonl(Path(one["predictions"]).read_text())
+    expected = sum(s.num_queries for s in samples.values())
+    assert len(results) == len({r.uid for r in results}) == expected
+    for r in results[:6]:
+        key, target, _ = r.uid.split("/")
+        sample = samples[key]
+        gt = sample.targets[int(target)].mask if r.gt_exists else np.zeros((sample.height, sample.width), np.uint8)
+        mask = torch.from_numpy(decode_rle(r.payload["rle"]))
+        inter, union = intersection_union(mask, torch.from_numpy(gt))
+        assert (int(inter[0]), int(union[0])) == (r.intersection, r.union)
+
+    # The MLflow run names the version and data it scored and carries the tables and overlays.
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(one["run_id"])
+    assert run.data.params["model_version"] == registered
+    manifest = json.loads((Path(folders[0]) / "manifest.json").read_text())
+    assert run.data.params["data.reason_seg/val.content_hash"] == manifest["content_hash"]
+    assert run.data.metrics["giou"] == one["metrics"]["giou"]
+    artifacts = {a.path for a in client.list_artifacts(one["run_id"])}
+    assert {"metrics.csv", "metrics.json", "metrics.md", "predictions.jsonl", "overlays"} <= artifacts
+    assert client.list_artifacts(one["run_id"], "overlays")
+    version = client.get_model_version(MODEL_NAME, registered)
+    assert float(version.tags[f"{METRIC_TAG_PREFIX}giou"]) == one["metrics"]["giou"]
+
+
+@pytest.mark.integration
+def test_unknown_model_is_a_clear_error(mlflow_server):
+    client = MlflowClient(mlflow_server)
+    with pytest.raises(EvaluationError, match="not in the registry"):
+        resolve_model_version(client, "models:/no-such-model@champion")
+    with pytest.raises(EvaluationError, match="must look like"):
+        resolve_model_version(client, "runs:/abc/model")

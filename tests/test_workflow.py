@@ -1,0 +1,162 @@
+"""Workflow machinery: skip unchanged steps, resume after a failure, champion only on improvement."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines.workflow_steps.champion import (
+    CHAMPION_ALIAS,
+    promote_if_better,
+    record_version_metrics,
+)
+from pipelines.workflow_steps.runner import (
+    FAIL_STEP_ENV,
+    TAG_SKIPPED_FROM,
+    StepFailed,
+    StepRunner,
+)
+
+CALLS: list[str] = []
+
+
+def produce(n: int) -> dict:
+    CALLS.append("produce")
+    return {"items": list(range(n))}
+
+
+def consume(items: list[int]) -> dict:
+    CALLS.append("consume")
+    return {"total": sum(items), "metrics": {"total": float(sum(items))}}
+
+
+@pytest.fixture(scope="module")
+def sqlite_store(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mlflow-store")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri), folder
+
+
+@pytest.fixture
+def store(sqlite_store, request):
+    client, folder = sqlite_store
+    name = request.node.name
+    experiment = client.create_experiment(name, artifact_location=(folder / name).as_uri())
+    return client, experiment
+
+
+def _workflow(client, experiment, n=4):
+    parent = client.create_run(experiment, run_name="workflow").info.run_id
+    runner = StepRunner(client, experiment, parent, use_ray=False, log=lambda _: None)
+    made = runner.run("produce", produce, {"n": n})
+    out = runner.run("consume", consume, {"items": made["items"]})
+    client.set_terminated(parent)
+    return runner, out
+
+
+def test_rerun_skips_and_failure_resumes(store, monkeypatch):
+    client, experiment = store
+    CALLS.clear()
+    monkeypatch.setenv(FAIL_STEP_ENV, "consume")
+    with pytest.raises(StepFailed, match="consume"):
+        _workflow(client, experiment)
+    assert CALLS == ["produce"]
+    failed = client.search_runs([experiment], "tags.`read.step` = 'consume'")
+    assert [r.info.status for r in failed] == ["FAILED"]
+
+    monkeypatch.delenv(FAIL_STEP_ENV)
+    runner, out = _workflow(client, experiment)
+    assert out["total"] == 6
+    assert CALLS == ["produce", "consume"]  # produce was not redone
+    assert [r.skipped for r in runner.results] == [True, False]
+    skipped = client.get_run(runner.results[0].run_id)
+    assert skipped.data.tags[TAG_SKIPPED_FROM]
+    assert client.get_run(runner.results[1].run_id).data.metrics["total"] == 6.0
+
+    runner, _ = _workflow(client, experiment)  # nothing changed: everything skipped
+    assert CALLS == ["produce", "consume"]
+    assert all(r.skipped for r in runner.results)
+
+    runner, out = _workflow(client, experiment, n=5)  # changed input: both steps re-run
+    assert out["total"] == 10 and CALLS[-2:] == ["produce", "consume"]
+
+
+def test_invalid_cached_outputs_are_recomputed(store):
+    client, experiment = store
+    CALLS.clear()
+    parent = client.create_run(experiment).info.run_id
+    runner = StepRunner(client, experiment, parent, use_ray=False, log=lambda _: None)
+    runner.run("produce", produce, {"n": 2})
+    runner.run("produce", produce, {"n": 2}, still_valid=lambda outputs: False)
+    assert CALLS == ["produce", "produce"]
+
+
+def test_champion_moves_only_on_improvement(store):
+    client, experiment = store
+    name = "read-test"
+    client.create_registered_model(name)
+    versions = []
+    for _ in range(4):
+        run = client.create_run(experiment).info.run_id
+        versions.append(client.create_model_version(name, f"runs:/{run}/model", run_id=run).version)
+    v1, v2, v3, v4 = (str(v) for v in versions)
+    record_version_metrics(client, name, v1, {"giou": 0.40})
+    record_version_metrics(client, name, v2, {"giou": 0.40})  # tie
+    record_version_metrics(client, name, v3, {"giou": 0.55})  # better
+    # v4: evaluation failed, no metric recorded
+
+    assert promote_if_better(client, name, v1, "giou").promoted
+    assert not promote_if_better(client, name, v2, "giou").promoted
+    assert str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version) == v1
+    assert not promote_if_better(client, name, v4, "giou").promoted
+    decision = promote_if_better(client, name, v3, "giou")
+    assert decision.promoted and decision.previous_version == v1
+    assert str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version) == v3
+    record_version_metrics(client, name, v1, {"giou": 0.30})
+    assert not promote_if_better(client, name, v1, "giou").promoted  # worse never demotes
+    assert str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version) == v3
+
+
+# ------------------------------------------------------------------ the real workflow, end to end
+@pytest.mark.integration
+def test_workflow_end_to_end_resumes_after_a_failed_step(ray_local, mlflow_server, tmp_path,
+                                                        monkeypatch):
+    from pathlib import Path
+
+    from pipelines.workflow import run_workflow
+    from pipelines.workflow_steps.runner import TAG_STEP
+
+    monkeypatch.chdir(tmp_path)
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+    overrides = [
+        f"mlflow.tracking_uri={mlflow_server}", "mlflow.experiment=workflow-test",
+        "mlflow.registered_model=read-workflow-test", f"workflow.workdir={tmp_path / 'work'}",
+        f"data.shards={tmp_path / 'shards'}", f"train.storage_path={tmp_path / 'ray'}",
+        f"eval.output={tmp_path / 'eval'}", "workflow.synthetic_images=24", "train.max_steps=2",
+        "train.checkpoint_every=2", "train.validate_every=1000", "train.log_every=1",
+        "eval.num_overlays=1",
+    ]
+    monkeypatch.setenv(FAIL_STEP_ENV, "evaluate[points_dtoc]")
+    with pytest.raises(StepFailed, match="evaluate"):
+        run_workflow(tiny, overrides)
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("workflow-test").experiment_id
+    status = {r.data.tags[TAG_STEP]: r.info.status
+              for r in client.search_runs([experiment], f"tags.`{TAG_STEP}` != ''")}
+    assert status == {"generate": "FINISHED", "build_shards": "FINISHED",
+                      "train[points_dtoc]": "FINISHED", "evaluate[points_dtoc]": "FAILED"}
+
+    monkeypatch.delenv(FAIL_STEP_ENV)
+    result = run_workflow(tiny, overrides)
+    assert result["skipped"] == ["generate", "build_shards", "train[points_dtoc]"]
+    assert result["ran"] == ["evaluate[points_dtoc]", "promote"]
+    version = result["trained"]["points_dtoc"]["version"]
+    assert result["promotion"]["promoted"]
+    champion = client.get_model_version_by_alias("read-workflow-test", CHAMPION_ALIAS)
+    assert str(champion.version) == version
+    evaluation = result["evaluated"]["points_dtoc"]
+    assert set(evaluation["baselines"]) == {"empty_mask", "whole_image"}
+    assert "giou" in evaluation["metrics"] and "trained model" in result["baseline_table"]
+    children = client.search_runs([experiment],
+                                  f"tags.`mlflow.parentRunId` = '{result['parent_run_id']}'")
+    assert {r.data.tags.get(TAG_STEP) for r in children} >= {"train[points_dtoc]", "promote"}
