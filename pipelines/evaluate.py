@@ -36,7 +36,7 @@ import numpy as np
 
 from pipelines import storage
 from pipelines.config import JobConfig, load_job_config
-from pipelines.evaluation.overlays import png_bytes, render_overlay
+from pipelines.evaluation.overlays import evaluation_figure, png_bytes
 from pipelines.evaluation.predictions_io import to_jsonl
 from pipelines.evaluation.records import QueryResult
 from pipelines.evaluation.scoring import (
@@ -125,8 +125,8 @@ class ScoringActor:
         self.scorer = QueryScorer(model.to(device), ScoringOptions(**options), self._write_overlay)
 
     def _write_overlay(self, uid, image, gt, outcome, heat) -> str:
-        picture = render_overlay(image, outcome.mask.numpy(), outcome.points.numpy(),
-                                 outcome.labels.numpy(), heat, gt_mask=gt)
+        picture = evaluation_figure(image, outcome.mask.numpy(), outcome.points.numpy(),
+                                    outcome.labels.numpy(), heat, gt_mask=gt)
         url = storage.join(self.output, "overlays", _overlay_name(uid))
         storage.write_bytes(url, png_bytes(picture))
         return url

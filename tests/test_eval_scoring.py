@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
-from pipelines.evaluation.overlays import LABEL_COLOURS, render_overlay, stamp_points
+from pipelines.evaluation.overlays import evaluation_figure, png_bytes
 from pipelines.evaluation.predictions_io import decode_rle, encode_rle, from_jsonl, to_jsonl
 from pipelines.evaluation.records import QueryResult
 from pipelines.evaluation.say_score import judge_say, normalise_words
@@ -18,6 +16,7 @@ from pipelines.evaluation.scoring import (
     table_rows,
     to_markdown,
 )
+from read_model.overlay import NEGATIVE_COLOUR, NEUTRAL_COLOUR, POSITIVE_COLOUR
 
 
 def _r(uid, dataset="reason_seg", split="val", *, i, u, exists=True, pred=True, sentence=False,
@@ -116,21 +115,21 @@ def test_overlay_panels_points_and_heatmap():
     image = np.full((40, 60, 3), 100, dtype=np.uint8)
     mask = np.zeros((40, 60), dtype=bool)
     mask[10:20, 10:20] = True
-    points = np.array([[5.0, 5.0], [50.0, 30.0], [30.0, 20.0]])
+    points = np.array([[5.0, 5.0], [50.0, 30.0], [30.0, 30.0]])
     labels = np.array([1, -1, 0])
-    heat = np.arange(16, dtype=np.float32).reshape(4, 4)
-    out = render_overlay(image, mask, points, labels, heat, gt_mask=mask.astype(np.uint8))
+    heat = np.tile(np.linspace(0.0, 1.0, 60, dtype=np.float32), (40, 1))
+    out = evaluation_figure(image, mask, points, labels, heat, gt_mask=mask.astype(np.uint8))
     assert out.shape == (40, 180, 3) and out.dtype == np.uint8
-    pred_panel = out[:, 60:120]
-    assert tuple(pred_panel[5, 5]) == LABEL_COLOURS[1]
-    assert tuple(pred_panel[30, 50]) == LABEL_COLOURS[-1]
-    assert tuple(pred_panel[20, 30]) == LABEL_COLOURS[0]
-    assert pred_panel[15, 15, 0] > pred_panel[15, 15, 1]  # red tint inside the mask
-    heat_panel = out[:, 120:]
-    assert not np.array_equal(heat_panel[0, 0], heat_panel[-1, -1])  # low vs high end of JET
-    clipped = stamp_points(image, np.array([[-100.0, -100.0]]), np.array([1]), radius=3)
-    assert np.array_equal(clipped, image)  # off-image points are dropped, not wrapped
-    assert math.isfinite(float(out.mean()))
+    gt_panel, pred_panel, heat_panel = out[:, :60], out[:, 60:120], out[:, 120:]
+    assert not np.array_equal(gt_panel[15, 15], image[15, 15])  # GT tinted
+    assert np.array_equal(gt_panel[35, 35], image[35, 35])  # outside GT untouched
+    assert tuple(pred_panel[5, 5]) == POSITIVE_COLOUR
+    assert tuple(pred_panel[30, 50]) == NEUTRAL_COLOUR
+    assert tuple(pred_panel[30, 30]) == NEGATIVE_COLOUR
+    assert pred_panel[15, 15, 2] > pred_panel[15, 15, 0]  # mask tint inside the mask
+    assert heat_panel[20, 10, 2] > heat_panel[20, 10, 0]  # low similarity: blue end of jet
+    assert heat_panel[20, 45, 0] > heat_panel[20, 45, 2]  # high similarity: red end of jet
+    assert png_bytes(out)[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_table_rows_markdown():
