@@ -75,7 +75,7 @@ class EvalSettings:
     num_actors: int = 1
     max_new_tokens: int = 32
     num_overlays: int = 8
-    siou_threshold: float = 0.5
+    siou_threshold: float | None = None  # None: the scored model's model.sasp.siou_threshold
     output: str = "artifacts/eval"  # predictions JSONL + overlays: local folder or s3://
     use_gpu: bool = False  # one GPU share per model actor (set on GPU clusters)
     gpus_per_actor: float = 1.0
