@@ -1,0 +1,211 @@
+"""Train READ with Ray Train; track in MLflow; register the result as `candidate`.
+
+    python pipelines/train.py --config configs/tiny.yaml [key=value ...]
+    RAY_ADDRESS=ray://head:10001 python pipelines/train.py --config configs/read-7b.yaml
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
+        python pipelines/train.py --config configs/tiny.yaml
+
+Setup (config, storage, shards, MLflow, GPUs) is checked before any worker starts. Running the
+same command again (same train.run_name and train.storage_path) resumes from the latest
+checkpoint and keeps logging into the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `python pipelines/train.py` from a checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipelines import storage
+from pipelines.config import JobConfig, job_config_dict, load_job_config
+from pipelines.training import preflight
+from pipelines.training.tracking import (
+    finish_run,
+    git_commit,
+    resolve_tracking_uri,
+    start_or_resume_run,
+)
+from read_model.config import ConfigError, flatten
+
+logger = logging.getLogger("read.train")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+              "TRANSFORMERS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+UPLOAD_EXCLUDES = [".git", "artifacts", "mlruns", "*.tar", "*.safetensors", "*.pth", "**/__pycache__"]
+LOCAL_OBJECT_STORE_BYTES = 512 * 2**20
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="YAML preset, e.g. configs/tiny.yaml")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=10")
+    parser.add_argument("--check-only", action="store_true",
+                        help="run the start-up checks and exit without training")
+    parser.add_argument("--no-register", action="store_true",
+                        help="do not register the trained model in the MLflow registry")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the job; returns a summary (also printed as one JSON line)."""
+    args = parse_args(argv)
+    config = load_job_config(args.config, args.overrides)
+    tracking_uri = resolve_tracking_uri(config.mlflow)
+    shard_sets = preflight.check_job(config, tracking_uri)
+    if args.check_only:
+        summary = {"checked": True, "shards": {s.entry: s.content_hash for s in shard_sets}}
+        print(json.dumps(summary), flush=True)
+        return summary
+    import ray
+
+    init_ray()
+    preflight.check_cluster_gpus(config, ray.cluster_resources())
+    run_id = _open_mlflow_run(config, tracking_uri, shard_sets)
+    try:
+        result = _fit(config, tracking_uri, run_id)
+        summary = _finish(config, tracking_uri, run_id, result, register=not args.no_register)
+    except BaseException:
+        finish_run(tracking_uri, run_id, status="FAILED")
+        raise
+    finish_run(tracking_uri, run_id)
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+def storage_path(config: JobConfig) -> str:
+    """Ray wants an absolute local path (workers run elsewhere) or a URI."""
+    path = config.train.storage_path
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def init_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {**WORKER_ENV, **_forwarded_env()}
+    if os.environ.get("RAY_ADDRESS"):
+        runtime_env: dict[str, Any] = {"env_vars": env}
+        if not os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):  # not under `ray job submit`
+            runtime_env.update(working_dir=str(REPO_ROOT), excludes=UPLOAD_EXCLUDES)
+        ray.init(runtime_env=runtime_env, log_to_driver=True)
+        return
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH"))
+                                        if p)
+    ray.init(runtime_env={"env_vars": env}, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+             include_dashboard=True, dashboard_host="127.0.0.1")
+
+
+def _forwarded_env() -> dict[str, str]:
+    """Storage and tracking variables the driver sees, for workers on other processes/nodes."""
+    from pipelines.storage import aws_environment
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_TRACKING_USERNAME",
+             "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+    return {**aws_environment(), **{n: os.environ[n] for n in names if os.environ.get(n)}}
+
+
+def _open_mlflow_run(config: JobConfig, tracking_uri: str,
+                     shard_sets: list[preflight.ShardSet]) -> str:
+    tags = {"git_commit": git_commit(), "ray_run_name": config.train.run_name,
+            "storage_path": storage_path(config)}
+    for shard_set in shard_sets:
+        tags[f"shards.{shard_set.entry}.content_hash"] = shard_set.content_hash
+        tags[f"shards.{shard_set.entry}.num_samples"] = str(shard_set.num_samples)
+    run_key = f"{storage_path(config)}/{config.train.run_name}"
+    return start_or_resume_run(tracking_uri, config.mlflow.experiment, run_key,
+                               config.train.run_name, flatten(job_config_dict(config)), tags)
+
+
+def _fit(config: JobConfig, tracking_uri: str, run_id: str) -> Any:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from pipelines.training.loop import train_loop_per_worker
+
+    scaling = config.scaling
+    path, filesystem = storage_path(config), None
+    if storage.is_s3(path):  # explicit client: the endpoint comes from this process's variables
+        filesystem, path = storage.resolve(path)
+    resources = {"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker}
+    if scaling.use_gpu:
+        resources["GPU"] = scaling.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "job": job_config_dict(config),
+            "mlflow": {"tracking_uri": tracking_uri, "run_id": run_id},
+            "env": {**WORKER_ENV, **_forwarded_env()},
+        },
+        torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=scaling.num_workers,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=scaling.placement_strategy,
+        ),
+        run_config=RunConfig(
+            name=config.train.run_name,
+            storage_path=path,
+            storage_filesystem=filesystem,
+            failure_config=FailureConfig(max_failures=config.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.train.num_to_keep),
+        ),
+    )
+    return trainer.fit()
+
+
+def _finish(config: JobConfig, tracking_uri: str, run_id: str, result: Any,
+            *, register: bool) -> dict[str, Any]:
+    from pipelines.registry import log_and_register
+    from pipelines.training.loop import EXPORT_DIR
+
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without a checkpoint; see the Ray Train logs")
+    summary: dict[str, Any] = {
+        "run_id": run_id,
+        "checkpoint": _checkpoint_url(result.checkpoint),
+        "metrics": {k: v for k, v in (result.metrics or {}).items()
+                    if isinstance(v, int | float)},
+    }
+    if register:
+        with tempfile.TemporaryDirectory(prefix="read-final-") as local:
+            result.checkpoint.to_directory(local)
+            version = log_and_register(
+                Path(local) / EXPORT_DIR, config.mlflow.registered_model, run_id,
+                tracking_uri=tracking_uri, tags={"git_commit": git_commit()},
+            )
+        summary.update(registered_model=config.mlflow.registered_model, version=version)
+    return summary
+
+
+def _checkpoint_url(checkpoint: Any) -> str:
+    """The checkpoint as a URL the storage helpers accept (s3://bucket/... or a local path)."""
+    import pyarrow.fs as pafs
+
+    if isinstance(checkpoint.filesystem, pafs.S3FileSystem):
+        return f"{storage.S3_SCHEME}{checkpoint.path.lstrip('/')}"
+    return str(checkpoint.path)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Exit code 2 with a one-line message for a job that cannot start."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        main(argv)
+    except (ConfigError, preflight.PreflightError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

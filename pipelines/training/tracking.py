@@ -1,0 +1,155 @@
+"""MLflow for the training job: URI resolution, the driver-side run, rank-0 metric logging.
+
+The driver creates (or, when the same Ray run is started again, re-opens) one MLflow run and hands
+its id to the workers, so a group restarted by Ray's FailureConfig keeps logging into the same run
+and the step history shows exactly where it resumed. Only rank 0 logs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from pipelines.config import MlflowSettings
+
+RUN_KEY_TAG = "read.train_run_key"
+SQLITE_PREFIX = "sqlite:///"
+MAX_PARAM_LENGTH = 6000  # MLflow's param value limit (8000 on sqlite, lower on some servers)
+
+
+def resolve_tracking_uri(settings: MlflowSettings, cwd: str | Path | None = None) -> str:
+    """MLFLOW_TRACKING_URI wins, then the config, then a local sqlite store under ./mlruns.
+
+    The local default is made absolute here because Ray workers run in another directory.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or settings.tracking_uri
+    if uri:
+        return uri
+    store = Path(cwd or Path.cwd()).resolve() / "mlruns"
+    return f"sqlite:///{store / 'mlflow.db'}"
+
+
+def git_commit(repo: str | Path | None = None) -> str:
+    """The checkout's commit (suffixed `-dirty` when modified), or "unknown" outside git."""
+    repo = Path(repo or Path(__file__).resolve().parents[2])
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha
+
+
+def start_or_resume_run(
+    tracking_uri: str,
+    experiment: str,
+    run_key: str,
+    run_name: str,
+    params: dict[str, Any],
+    tags: dict[str, str],
+) -> str:
+    """Open the unfinished run of this Ray run (same name + storage) or create one; return its id."""
+    mlflow.set_tracking_uri(tracking_uri)
+    artifacts = _local_artifact_root(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(
+        experiment, artifact_location=artifacts)
+    previous = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}' and attributes.status != 'FINISHED'",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
+    if previous:
+        run_id = previous[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        client.set_tag(run_id, "read.resumed", "true")
+        return run_id
+    run = client.create_run(experiment_id, run_name=run_name, tags={RUN_KEY_TAG: run_key, **tags})
+    batch = [
+        mlflow.entities.Param(key, _param_text(value)) for key, value in sorted(params.items())
+    ]
+    for start in range(0, len(batch), 100):
+        client.log_batch(run.info.run_id, params=batch[start : start + 100])
+    return run.info.run_id
+
+
+def _local_artifact_root(tracking_uri: str) -> str | None:
+    """A local sqlite store keeps its artifacts beside the database, not in the working dir."""
+    if not tracking_uri.startswith(SQLITE_PREFIX):
+        return None
+    folder = Path(tracking_uri[len(SQLITE_PREFIX):]).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return (folder / "artifacts").as_uri()
+
+
+def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
+    """Close the run the driver opened."""
+    MlflowClient(tracking_uri).set_terminated(run_id, status=status)
+
+
+class RankZeroLogger:
+    """Metric logging into an existing run; a no-op on every rank but 0."""
+
+    def __init__(self, tracking_uri: str, run_id: str, rank: int, system_metrics: bool = True):
+        self.active = rank == 0 and bool(run_id)
+        self._client = MlflowClient(tracking_uri) if self.active else None
+        self._run_id = run_id
+        self._tracking_uri = tracking_uri
+        self._system_metrics = system_metrics
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if not self.active:
+            return
+        import time
+
+        stamp = int(time.time() * 1000)
+        entries = [
+            mlflow.entities.Metric(key, float(value), stamp, step)
+            for key, value in metrics.items()
+        ]
+        self._client.log_batch(self._run_id, metrics=entries)
+
+    @contextmanager
+    def system_metrics(self) -> Iterator[None]:
+        """CPU/GPU/memory sampling into the run while training (needs psutil)."""
+        if not (self.active and self._system_metrics and _has_psutil()):
+            yield
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(
+            self._run_id, resume_logging=True, tracking_uri=self._tracking_uri
+        )
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
+
+
+def _has_psutil() -> bool:
+    try:
+        import psutil  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _param_text(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
