@@ -56,12 +56,12 @@ def main() -> None:
 
     from synthetic_shards import synthetic_shards
 
-    from pipelines.train import init_ray
+    from pipelines.ray_runtime import ensure_ray
 
     with tempfile.TemporaryDirectory(prefix="read-throughput-") as tmp:
         workdir = Path(tmp)
         synthetic_shards(workdir, images=args.images)
-        init_ray()
+        ensure_ray()
         rates = {n: run(n, args, workdir / "shards", workdir) for n in (1, 2)}
     print(f"tiny preset, batch {args.batch_size}/worker, {os.cpu_count()} CPUs:")
     for workers, rate in rates.items():

@@ -35,6 +35,7 @@ if __package__ in (None, ""):  # `python pipelines/build_shards.py`: make the pr
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines import storage
+from pipelines.ray_runtime import ensure_ray
 from pipelines.shard_format import (
     IMAGE_MEMBER,
     MANIFEST_NAME,
@@ -352,8 +353,7 @@ def _build_folders(dataset_root: str, out: str, plans: list[_FolderPlan],
     import ray
     import ray.data
 
-    if not ray.is_initialized():
-        ray.init()
+    ensure_ray(log_to_driver=False)
     remote = _remote_args(out)
     num_parts = max(1, int(ray.cluster_resources().get("CPU", 1))) * READ_TASKS_PER_CPU
     tasks = [{**task, "folder_id": plan.folder_id}
@@ -523,9 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import ray
     import ray.data
 
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False,
-                 log_to_driver=False)
+    ensure_ray(log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     started = time.perf_counter()
     reports = build_shards(args.dataset_root, args.out, datasets=args.datasets,

@@ -19,9 +19,7 @@ import argparse
 import csv
 import io
 import json
-import os
 import re
-import socket
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -46,18 +44,12 @@ from pipelines.evaluation.scoring import (
     table_rows,
     to_markdown,
 )
+from pipelines.ray_runtime import ensure_ray
 from read_model.config import ConfigError
 
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # a key=value override, never a path
 MAX_LOGGED_PREDICTIONS_BYTES = 64 * 2**20  # larger JSONL files stay in storage only
-WORKER_ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-              "TRANSFORMERS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
-FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_TRACKING_USERNAME",
-                 "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
-REPO_ROOT = Path(__file__).resolve().parents[1]
-LOCAL_OBJECT_STORE_BYTES = 512 * 2**20
-LOOPBACK = "127.0.0.1"  # a laptop's local Ray listens on loopback only
 
 
 class EvaluationError(RuntimeError):
@@ -175,30 +167,6 @@ def _collect(dataset: Any) -> list[QueryResult]:
 
 
 # ---------------------------------------------------------------------------- driver
-def ensure_ray() -> None:
-    """Join RAY_ADDRESS when set, else start a local Ray with the project importable."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    env = {**WORKER_ENV, **storage.aws_environment(),
-           **{n: os.environ[n] for n in FORWARDED_ENV if os.environ.get(n)}}
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env={"env_vars": env}, log_to_driver=True)
-        return
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
-    # address="local": always a fresh Ray of our own, never another process's cluster.
-    ray.init(address="local", runtime_env={"env_vars": env},
-             object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=True,
-             dashboard_host=LOOPBACK, dashboard_port=_free_port(), _node_ip_address=LOOPBACK)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        return int(probe.getsockname()[1])
-
-
 def _tables(prefix: str, table: list[GroupMetrics]) -> dict[str, bytes]:
     rows = table_rows(table)
     buffer = io.StringIO()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -26,6 +25,7 @@ if __package__ in (None, ""):  # `python pipelines/train.py` from a checkout
 
 from pipelines import storage
 from pipelines.config import JobConfig, job_config_dict, load_job_config
+from pipelines.ray_runtime import ensure_ray, worker_environment
 from pipelines.training import preflight
 from pipelines.training.tracking import (
     finish_run,
@@ -36,11 +36,6 @@ from pipelines.training.tracking import (
 from read_model.config import ConfigError, flatten
 
 logger = logging.getLogger("read.train")
-REPO_ROOT = Path(__file__).resolve().parents[1]
-WORKER_ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-              "TRANSFORMERS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
-UPLOAD_EXCLUDES = [".git", "artifacts", "mlruns", "*.tar", "*.safetensors", "*.pth", "**/__pycache__"]
-LOCAL_OBJECT_STORE_BYTES = 512 * 2**20
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return summary
     import ray
 
-    init_ray()
+    ensure_ray(upload_working_dir=True)
     preflight.check_cluster_gpus(config, ray.cluster_resources())
     run_id = _open_mlflow_run(config, tracking_uri, shard_sets)
     try:
@@ -84,33 +79,6 @@ def storage_path(config: JobConfig) -> str:
     """Ray wants an absolute local path (workers run elsewhere) or a URI."""
     path = config.train.storage_path
     return path if "://" in path else str(Path(path).resolve())
-
-
-def init_ray() -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    env = {**WORKER_ENV, **_forwarded_env()}
-    if os.environ.get("RAY_ADDRESS"):
-        runtime_env: dict[str, Any] = {"env_vars": env}
-        if not os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):  # not under `ray job submit`
-            runtime_env.update(working_dir=str(REPO_ROOT), excludes=UPLOAD_EXCLUDES)
-        ray.init(runtime_env=runtime_env, log_to_driver=True)
-        return
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH"))
-                                        if p)
-    ray.init(runtime_env={"env_vars": env}, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
-             include_dashboard=True, dashboard_host="127.0.0.1")
-
-
-def _forwarded_env() -> dict[str, str]:
-    """Storage and tracking variables the driver sees, for workers on other processes/nodes."""
-    from pipelines.storage import aws_environment
-
-    names = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_TRACKING_USERNAME",
-             "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
-    return {**aws_environment(), **{n: os.environ[n] for n in names if os.environ.get(n)}}
 
 
 def _open_mlflow_run(config: JobConfig, tracking_uri: str,
@@ -143,7 +111,7 @@ def _fit(config: JobConfig, tracking_uri: str, run_id: str) -> Any:
         train_loop_config={
             "job": job_config_dict(config),
             "mlflow": {"tracking_uri": tracking_uri, "run_id": run_id},
-            "env": {**WORKER_ENV, **_forwarded_env()},
+            "env": worker_environment(),
         },
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         scaling_config=ScalingConfig(

@@ -79,7 +79,7 @@ def run_workflow(config_path: str | Path | None, overrides: list[str], *, ablati
     runner = StepRunner(client, experiment_id, parent, use_ray=use_ray, log=_banner)
     try:
         if use_ray:
-            from pipelines.evaluate import ensure_ray
+            from pipelines.ray_runtime import ensure_ray
 
             ensure_ray()
         result = _steps(runner, config, config_path, pinned, context, shards, workdir, eval_names,

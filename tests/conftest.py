@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from services import LOOPBACK, TEST_AWS_KEYS, free_port, start_mlflow, start_s3
+from services import RAY_LOOPBACK, TEST_AWS_KEYS, free_port, start_mlflow, start_s3
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ["READ_RAY_NODE_IP"] = RAY_LOOPBACK  # local Rays started by the code under test
 
 SYNTHETIC_SEED = 7
 SYNTHETIC_IMAGES = 24
@@ -94,9 +95,9 @@ def ray_local() -> Iterator[object]:
                 num_cpus=2,
                 object_store_memory=RAY_OBJECT_STORE_BYTES,
                 include_dashboard=True,
-                dashboard_host=LOOPBACK,
-                dashboard_port=free_port(),
-                _node_ip_address=LOOPBACK,
+                dashboard_host=RAY_LOOPBACK,
+                dashboard_port=free_port(RAY_LOOPBACK),
+                _node_ip_address=RAY_LOOPBACK,
                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
                 log_to_driver=False,
             )

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
+# Ray rewrites 127.0.0.1 to the machine's routable address; any other loopback address is kept,
+# so every Ray node the tests start uses this one (pipelines.ray_runtime reads it from the env).
+RAY_LOOPBACK = "127.0.0.5"
 VENV_BIN = Path(sys.executable).parent
 S3_START_TIMEOUT_S = 30.0
 MLFLOW_START_TIMEOUT_S = 300.0  # a loaded 2-core CI box took ~100 s to bring uvicorn up
@@ -54,9 +57,9 @@ class Service:
             return ""
 
 
-def free_port() -> int:
+def free_port(host: str = LOOPBACK) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
-from services import LOOPBACK, Service, _answers, _start, free_port
+from services import RAY_LOOPBACK, Service, _answers, _start, free_port
 
 from dataset_builders.reason_seg import iter_reason_seg
 from dataset_builders.refer import iter_refer
@@ -130,10 +130,10 @@ class RayHead:
         self.env = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
         for attempt in range(HEAD_START_TRIES):
             self.port, self.dashboard_port = free_port(), free_port()
-            self.dashboard = f"http://{LOOPBACK}:{self.dashboard_port}"
+            self.dashboard = f"http://{RAY_LOOPBACK}:{self.dashboard_port}"
             argv = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
-                    "--node-ip-address", LOOPBACK, "--port", str(self.port),
-                    "--dashboard-host", LOOPBACK, "--dashboard-port", str(self.dashboard_port),
+                    "--node-ip-address", RAY_LOOPBACK, "--port", str(self.port),
+                    "--dashboard-host", RAY_LOOPBACK, "--dashboard-port", str(self.dashboard_port),
                     "--num-cpus", "2", "--object-store-memory", str(384 * 2**20),
                     "--disable-usage-stats", "--temp-dir", str(tmp / f"ray{attempt}"),
                     # Other Ray nodes on this machine must not collide with this one's agents.
@@ -175,7 +175,7 @@ def ray_head(tmp_path_factory):
 def _worker_pids(head: RayHead) -> list[int]:
     from ray.util.state import list_actors
 
-    actors = list_actors(address=f"{LOOPBACK}:{head.port}",
+    actors = list_actors(address=f"{RAY_LOOPBACK}:{head.port}",
                          filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     return [int(a.pid) for a in actors if a.pid]
 
