@@ -185,3 +185,16 @@ def test_evaluation_examples_cover_every_query_with_fixed_templates():
     assert len(example.conversations) == 3
     assert all(a == "Sure, the segmentation result is [SEG]." for _, a in example.conversations)
     assert [int(m.sum()) for m in example.masks] == [300, 300, 0]  # false premise: empty GT
+
+
+def test_tracking_uri_precedence(monkeypatch, tmp_path):
+    from pipelines.config import MlflowSettings
+    from pipelines.training.tracking import resolve_tracking_uri
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    explicit = MlflowSettings(tracking_uri="sqlite:///job.db")
+    assert resolve_tracking_uri(explicit) == "sqlite:///job.db"  # the job's own setting wins
+    assert resolve_tracking_uri(MlflowSettings()) == "http://127.0.0.1:1"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    local = resolve_tracking_uri(MlflowSettings(), cwd=tmp_path)
+    assert local == f"sqlite:///{tmp_path.resolve() / 'mlruns' / 'mlflow.db'}"

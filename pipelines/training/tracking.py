@@ -25,11 +25,13 @@ MAX_PARAM_LENGTH = 6000  # MLflow's param value limit (8000 on sqlite, lower on 
 
 
 def resolve_tracking_uri(settings: MlflowSettings, cwd: str | Path | None = None) -> str:
-    """MLFLOW_TRACKING_URI wins, then the config, then a local sqlite store under ./mlruns.
+    """The config's `mlflow.tracking_uri`, then MLFLOW_TRACKING_URI, then ./mlruns (sqlite).
 
-    The local default is made absolute here because Ray workers run in another directory.
+    An explicit config value wins over the environment because `mlflow.set_tracking_uri` also
+    writes MLFLOW_TRACKING_URI, so an earlier call in the same process would otherwise override
+    the job's own setting. The local default is absolute because Ray workers run elsewhere.
     """
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or settings.tracking_uri
+    uri = settings.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
     store = Path(cwd or Path.cwd()).resolve() / "mlruns"
