@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 import signal
@@ -23,41 +21,16 @@ from dataset_builders.reason_seg import iter_reason_seg
 from dataset_builders.refer import iter_refer
 from dataset_builders.sample import Sample
 from pipelines import storage
-from pipelines.shard_format import (
-    MANIFEST_NAME,
-    SCHEMA_VERSION,
-    content_hash,
-    encode_sample,
-    shard_name,
-    tar_bytes,
-)
+from pipelines.build_shards import write_samples
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
-SAMPLES_PER_SHARD = 3
+SHARD_SIZE_MB = 0.05  # a few synthetic samples per shard, so two workers get shards each
 SUBMIT_TRIES = 6
 HEAD_START_TRIES = 2
 RUN_ARGS = ["train.log_every=1", "train.validate_every=1000", "train.warmup_steps=1",
             "data.val=[reason_seg/val]", "data.train=[reason_seg/train, refcoco/train]",
             "scaling.num_workers=2", "scaling.cpus_per_worker=0.5", "train.batch_size=2"]
-
-
-def _write_shard_folder(samples: list[Sample], base: str, dataset: str, split: str) -> None:
-    """A shard folder in the schema `build_shards` writes (without Ray, to keep tests quick)."""
-    shards = []
-    for start in range(0, len(samples), SAMPLES_PER_SHARD):
-        chunk = samples[start:start + SAMPLES_PER_SHARD]
-        data = tar_bytes([encode_sample(s) for s in chunk])
-        name = shard_name(len(shards))
-        storage.write_bytes(storage.join(base, dataset, split, name), data)
-        shards.append({"name": name, "num_samples": len(chunk), "bytes": len(data),
-                       "sha256": hashlib.sha256(data).hexdigest()})
-    manifest = {"schema": SCHEMA_VERSION, "dataset": dataset, "split": split,
-                "num_samples": len(samples), "num_queries": sum(s.num_queries for s in samples),
-                "shards": shards, "quarantine": [],
-                "content_hash": content_hash([s["sha256"] for s in shards])}
-    storage.write_bytes(storage.join(base, dataset, split, MANIFEST_NAME),
-                        json.dumps(manifest).encode())
 
 
 def write_tiny_shards(root: Path, base: str) -> None:
@@ -67,7 +40,8 @@ def write_tiny_shards(root: Path, base: str) -> None:
     for (dataset, split), reader in readers.items():
         samples = [s for s in reader if isinstance(s, Sample)]
         assert samples, f"the synthetic set has no {dataset}/{split} samples"
-        _write_shard_folder(samples, base, dataset, split)
+        write_samples(samples, storage.join(base, dataset, split), dataset=dataset, split=split,
+                      shard_size_mb=SHARD_SIZE_MB)
 
 
 @pytest.fixture(scope="module")
