@@ -242,6 +242,10 @@ def evaluate(
         options["overlay_fraction"] = min(1.0, 2.0 * settings.num_overlays / max(total_queries, 1))
 
         ensure_ray()
+        import ray.data
+
+        # Bars redraw in place on a terminal; forwarded from a Ray task they become log spam.
+        ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
         remote: dict[str, Any] = {"num_cpus": settings.cpus_per_actor}
         if settings.use_gpu:
             remote["num_gpus"] = settings.gpus_per_actor
