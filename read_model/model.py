@@ -266,14 +266,19 @@ class ReadModel(nn.Module):
         return out
 
     # ------------------------------------------------------------------ entry points
+    def _teacher_forced_states(self, batch: Any) -> tuple[Tensor, Tensor]:
+        """Last-layer states of every row (image features shared per image) + SAM embeddings."""
+        features, sam_embeddings = self.encode_images(batch.clip_pixels, batch.sam_pixels)
+        row_features = features[batch.row_image.to(features.device)]
+        hidden, _ = self.language_forward(batch.input_ids, batch.attention_mask, row_features)
+        return hidden, sam_embeddings
+
     def forward(self, batch: Any) -> dict[str, Any]:
         """Training losses for a `ReadBatch`: ce, bce, dice, mask_loss, total (+ mask_logits)."""
         from read_model.losses import combine_losses, mask_loss, mask_losses
 
         loss_cfg = self.config.loss
-        features, sam_embeddings = self.encode_images(batch.clip_pixels, batch.sam_pixels)
-        row_features = features[batch.row_image.to(features.device)]
-        hidden, _ = self.language_forward(batch.input_ids, batch.attention_mask, row_features)
+        hidden, sam_embeddings = self._teacher_forced_states(batch)
         ce = shifted_cross_entropy(self.lm_logits(hidden), batch.labels)
         segments = self.segment(
             hidden,
@@ -305,9 +310,7 @@ class ReadModel(nn.Module):
         """Upstream's validation protocol: one forward with the answer in the prompt, masks at
         logits > threshold, no generation. `use_seg_embedding=False` prompts SAM with the SasP
         points only (the paper's points-only analysis)."""
-        features, sam_embeddings = self.encode_images(batch.clip_pixels, batch.sam_pixels)
-        row_features = features[batch.row_image.to(features.device)]
-        hidden, _ = self.language_forward(batch.input_ids, batch.attention_mask, row_features)
+        hidden, sam_embeddings = self._teacher_forced_states(batch)
         segments = self.segment(
             hidden,
             batch.input_ids,
