@@ -24,8 +24,6 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 QUESTION = "What is the {} shape in this image? Please output segmentation mask."
 COLOURS = ("red", "blue", "green", "yellow")

@@ -1,6 +1,6 @@
 """Build WebDataset shards from upstream dataset folders with Ray Data (local or s3:// output).
 
-    python pipelines/build_shards.py --dataset-root DIR --out OUT \
+    read-build-shards --dataset-root DIR --out OUT \
         [--datasets reason_seg refcoco ...] [--splits train val ...] [--shard-size-mb 64]
 
 For each (dataset, split): Ray tasks run the `dataset_builders` reader (validation included) and
@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -30,9 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
-if __package__ in (None, ""):  # `python pipelines/build_shards.py`: make the project importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines import storage
 from pipelines.ray_runtime import ensure_ray

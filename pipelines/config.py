@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import yaml
 
+from pipelines.submitted_job import refuse_relative_paths
 from read_model.config import ConfigError, ReadConfig, apply_overrides, from_dict, to_dict
 
 
@@ -132,7 +133,23 @@ def load_job_config(path: str | Path | None, overrides: list[str] | None = None)
     raw = apply_overrides(raw, list(overrides or []))
     config = from_dict(JobConfig, raw)
     _check_consistency(config)
+    refuse_relative_paths(local_paths(config))
     return config
+
+
+def local_paths(config: JobConfig) -> dict[str, str]:
+    """Every path-valued field of the job (local paths or URLs), by its config key."""
+    model = config.model
+    return {
+        "data.shards": config.data.shards,
+        "train.storage_path": config.train.storage_path,
+        "eval.output": config.eval.output,
+        "workflow.workdir": config.workflow.workdir,
+        "workflow.dataset_root": config.workflow.dataset_root,
+        "model.llava.path": model.llava.path,
+        "model.sam.checkpoint": model.sam.checkpoint,
+        "model.tokenizer.path": model.tokenizer.path,
+    }
 
 
 def job_config_dict(config: JobConfig) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Score a registered READ model on shard folders with Ray Data; record everything in MLflow.
 
-    python pipelines/evaluate.py --model models:/read-tiny@champion \
+    read-evaluate --model models:/read-tiny@champion \
         --data artifacts/shards/reason_seg/val artifacts/shards/fprefcoco/val \
         [--protocol teacher_forced|generate] [--modes segmentation siou points_only] \
         [--config configs/tiny.yaml] [--tag-version] [eval.num_actors=2 ...]
@@ -26,9 +26,6 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # `python pipelines/evaluate.py` from a checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
@@ -201,9 +198,9 @@ def evaluate(
     from mlflow.entities import RunStatus
     from mlflow.tracking import MlflowClient
 
+    from pipelines.champion import record_version_metrics
     from pipelines.streaming import ShardSource, ray_dataset
-    from pipelines.training.tracking import resolve_tracking_uri
-    from pipelines.workflow_steps.champion import record_version_metrics
+    from pipelines.tracking import ensure_experiment, resolve_tracking_uri
 
     settings = config.eval
     options = {"protocol": settings.protocol, "modes": tuple(settings.modes),
@@ -221,9 +218,7 @@ def evaluate(
     pinned = f"models:/{name}/{version}"
     storage.check_reachable(settings.output)
 
-    experiment = client.get_experiment_by_name(config.mlflow.experiment)
-    experiment_id = (experiment.experiment_id if experiment
-                     else client.create_experiment(config.mlflow.experiment))
+    experiment_id = ensure_experiment(client, config.mlflow.experiment, tracking_uri)
     tags = {"read.model_name": name, "read.model_version": version, "read.kind": "evaluate"}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id

@@ -1,6 +1,6 @@
 """Move the `champion` alias to an evaluated model version when it beats the current champion.
 
-    python pipelines/promote.py --config configs/read-7b.yaml [--alias candidate] [key=value ...]
+    read-promote --config configs/read-7b.yaml [--alias candidate] [key=value ...]
 
 The last step of the workflow when its steps run as separate jobs (e.g. one RayJob each on
 Kubernetes): the version the alias names (default `candidate`, set by train.py) is compared on
@@ -13,15 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # `python pipelines/promote.py` from a checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from pipelines.champion import promote_if_better
 from pipelines.config import load_job_config
 from pipelines.registry import CANDIDATE_ALIAS
-from pipelines.training.tracking import resolve_tracking_uri
-from pipelines.workflow_steps.champion import promote_if_better
+from pipelines.tracking import resolve_tracking_uri
 from read_model.config import ConfigError
 
 

@@ -1,7 +1,7 @@
 """Train READ with Ray Train; track in MLflow; register the result as `candidate`.
 
-    python pipelines/train.py --config configs/tiny.yaml [key=value ...]
-    RAY_ADDRESS=ray://head:10001 python pipelines/train.py --config configs/read-7b.yaml
+    read-train --config configs/tiny.yaml [key=value ...]
+    RAY_ADDRESS=ray://head:10001 read-train --config configs/read-7b.yaml
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python pipelines/train.py --config configs/tiny.yaml
 
@@ -20,19 +20,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # `python pipelines/train.py` from a checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from pipelines import storage
 from pipelines.config import JobConfig, job_config_dict, load_job_config
 from pipelines.ray_runtime import ensure_ray, worker_environment
-from pipelines.training import preflight
-from pipelines.training.tracking import (
+from pipelines.tracking import (
     finish_run,
     git_commit,
     resolve_tracking_uri,
     start_or_resume_run,
 )
+from pipelines.training import preflight
 from read_model.config import ConfigError, flatten
 
 logger = logging.getLogger("read.train")

@@ -1,9 +1,9 @@
 """The main job: data -> shards -> train -> evaluate -> promote, each step skipped when unchanged.
 
-    python pipelines/workflow.py                          # tiny preset, synthetic data, CPU
-    python pipelines/workflow.py --config configs/tiny.yaml train.max_steps=50
-    python pipelines/workflow.py --ablation               # the paper's prompt-mode ablation
-    RAY_ADDRESS=... MLFLOW_TRACKING_URI=http://... python pipelines/workflow.py \
+    read-workflow                                         # tiny preset, synthetic data, CPU
+    read-workflow --config configs/tiny.yaml train.max_steps=50
+    read-workflow --ablation                              # the paper's prompt-mode ablation
+    RAY_ADDRESS=... MLFLOW_TRACKING_URI=http://... read-workflow \
         --config configs/read-7b.yaml data.shards=s3://bucket/shards
 
 With no `workflow.dataset_root` it generates synthetic scenes in the upstream formats. Every step
@@ -21,9 +21,6 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # `python pipelines/workflow.py` from a checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines import storage
 from pipelines.config import JobConfig, load_job_config
@@ -53,7 +50,7 @@ def run_workflow(config_path: str | Path | None, overrides: list[str], *, ablati
     from mlflow.entities import RunStatus
     from mlflow.tracking import MlflowClient
 
-    from pipelines.training.tracking import resolve_tracking_uri
+    from pipelines.tracking import ensure_experiment, resolve_tracking_uri
 
     config_path = Path(config_path or DEFAULT_CONFIG).resolve()
     config = load_job_config(config_path, overrides)  # fails fast on any bad key
@@ -68,9 +65,7 @@ def run_workflow(config_path: str | Path | None, overrides: list[str], *, ablati
     context = {"config_sha256": _config_hash(config_path)}
 
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
-    experiment = client.get_experiment_by_name(config.mlflow.experiment)
-    experiment_id = (experiment.experiment_id if experiment
-                     else client.create_experiment(config.mlflow.experiment))
+    experiment_id = ensure_experiment(client, config.mlflow.experiment, tracking_uri)
     parent = client.create_run(experiment_id, run_name="workflow-ablation" if ablation else "workflow",
                                tags={"read.kind": "workflow"}).info.run_id
     client.log_param(parent, "config", str(config_path))

@@ -1,6 +1,6 @@
 """Convert a released READ / LISA / SESAME checkpoint into the project's model directory.
 
-    python -m read_model.convert SRC DST --clip CLIP_DIR [--sam-checkpoint sam_vit_h_4b8939.pth]
+    read-convert SRC DST --clip CLIP_DIR [--sam-checkpoint sam_vit_h_4b8939.pth]
 
 SRC is the LLaVA-original layout (upstream-spec §12): a flat LLaMA ``config.json``, weights in
 safetensors or ``pytorch_model*.bin`` shards (read with ``weights_only=True``), and the slow LLaMA
@@ -327,7 +327,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     defaults = SasPConfig()
     parser = argparse.ArgumentParser(
-        prog="python -m read_model.convert",
+        prog="read-convert",
         description="Convert a released READ/LISA/SESAME checkpoint (LLaVA-original layout) "
         "into a READ model directory (llava-hf layout + SAM + [SEG] projection).",
     )

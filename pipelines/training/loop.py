@@ -25,10 +25,10 @@ import ray.train.torch
 import torch
 
 from pipelines.config import JobConfig
+from pipelines.tracking import RankZeroLogger
 from pipelines.training.checkpointing import RankProgress, load_training_state, save_training_state
 from pipelines.training.data import TrainExamples, validation_batches
 from pipelines.training.optim import build_optimizer, build_scheduler
-from pipelines.training.tracking import RankZeroLogger
 from pipelines.training.validation import merge_across_ranks, score_batches, summary
 from read_model.config import from_dict
 

@@ -60,7 +60,7 @@ def shard_set(shards_root: str, entry: str) -> ShardSet:
     if not storage.exists(manifest_url):
         raise PreflightError(
             f"no shards at {url} ({MANIFEST_NAME} missing); build them first with "
-            f"`python pipelines/build_shards.py` or fix data.shards / data.train / data.val"
+            f"`read-build-shards` or fix data.shards / data.train / data.val"
         )
     try:
         manifest = json.loads(storage.read_bytes(manifest_url))

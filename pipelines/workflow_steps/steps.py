@@ -94,7 +94,7 @@ def promote(tracking_uri: str, model_name: str, version: str, metric: str) -> di
     """Move `champion` to `version` when it beats the current champion on `metric`."""
     from mlflow.tracking import MlflowClient
 
-    from pipelines.workflow_steps.champion import promote_if_better
+    from pipelines.champion import promote_if_better
 
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     decision = promote_if_better(client, model_name, version, metric)

@@ -1,8 +1,11 @@
-"""MLflow for the training job: URI resolution, the driver-side run, rank-0 metric logging.
+"""Every MLflow helper the entry points share: URI resolution, experiments, runs, rank-0 logging.
 
-The driver creates (or, when the same Ray run is started again, re-opens) one MLflow run and hands
-its id to the workers, so a group restarted by Ray's FailureConfig keeps logging into the same run
-and the step history shows exactly where it resumed. Only rank 0 logs.
+Training, evaluation and the workflow all open their experiment through `ensure_experiment`, so
+each experiment is created the same way (a local store keeps its artifacts beside the database,
+and the UI opens it on the runs table). The training driver creates (or, when the same Ray run is
+started again, re-opens) one MLflow run and hands its id to the workers, so a group restarted by
+Ray's FailureConfig keeps logging into the same run and the step history shows exactly where it
+resumed. Only rank 0 logs.
 """
 
 from __future__ import annotations
@@ -18,8 +21,14 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from pipelines.config import MlflowSettings
+from pipelines.submitted_job import submitted_working_dir
+from read_model.config import ConfigError
 
 RUN_KEY_TAG = "read.train_run_key"
+# MLflow 3's UI opens an experiment in its GenAI view (traces, sessions) unless this tag says the
+# experiment is about model development, which is what every READ experiment is.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 SQLITE_PREFIX = "sqlite:///"
 MAX_PARAM_LENGTH = 6000  # MLflow's param value limit (8000 on sqlite, lower on some servers)
 
@@ -34,6 +43,14 @@ def resolve_tracking_uri(settings: MlflowSettings, cwd: str | Path | None = None
     uri = settings.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
+    working_dir = submitted_working_dir()
+    if working_dir is not None:
+        raise ConfigError(
+            "no MLflow tracking URI: in a job submitted with --working-dir the local default "
+            f"store would be written inside the uploaded copy ({working_dir}) and lost; set "
+            "MLFLOW_TRACKING_URI (e.g. --runtime-env-json '{\"env_vars\": "
+            "{\"MLFLOW_TRACKING_URI\": \"http://mlflow:5000\"}}') or mlflow.tracking_uri"
+        )
     store = Path(cwd or Path.cwd()).resolve() / "mlruns"
     return f"sqlite:///{store / 'mlflow.db'}"
 
@@ -65,11 +82,8 @@ def start_or_resume_run(
 ) -> str:
     """Open the unfinished run of this Ray run (same name + storage) or create one; return its id."""
     mlflow.set_tracking_uri(tracking_uri)
-    artifacts = _local_artifact_root(tracking_uri)
     client = MlflowClient(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(
-        experiment, artifact_location=artifacts)
+    experiment_id = ensure_experiment(client, experiment, tracking_uri)
     previous = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}' and attributes.status != 'FINISHED'",
@@ -88,6 +102,20 @@ def start_or_resume_run(
     for start in range(0, len(batch), 100):
         client.log_batch(run.info.run_id, params=batch[start : start + 100])
     return run.info.run_id
+
+
+def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str | None = None) -> str:
+    """The id of experiment `name`, created when missing, always tagged as model development."""
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        artifacts = _local_artifact_root(tracking_uri) if tracking_uri else None
+        experiment_id = client.create_experiment(name, artifact_location=artifacts)
+    else:
+        experiment_id = found.experiment_id
+        if found.tags.get(EXPERIMENT_KIND_TAG) == EXPERIMENT_KIND:
+            return experiment_id
+    client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment_id
 
 
 def _local_artifact_root(tracking_uri: str) -> str | None:

@@ -18,7 +18,7 @@ from dataset_builders.synthetic.__main__ import main as cli_main
 from dataset_builders.synthetic.language import absent_object, reasoning_queries
 from dataset_builders.synthetic.scene import COLOUR_RGB, SceneSettings, sample_scene
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _tree_digest(root: Path) -> dict[str, str]:

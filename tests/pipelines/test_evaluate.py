@@ -14,13 +14,13 @@ from dataset_builders.reason_seg import iter_reason_seg
 from dataset_builders.refer import iter_refer
 from dataset_builders.sample import Sample
 from pipelines.build_shards import write_samples
+from pipelines.champion import METRIC_TAG_PREFIX
 from pipelines.config import load_job_config
 from pipelines.evaluate import EvaluationError, evaluate, resolve_model_version
 from pipelines.evaluation.predictions_io import decode_rle, from_jsonl
-from pipelines.workflow_steps.champion import METRIC_TAG_PREFIX
 from read_model.metrics import intersection_union
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MODEL_NAME = "read-eval-test"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines.workflow_steps.champion import (
+from pipelines.champion import (
     CHAMPION_ALIAS,
     promote_if_better,
     record_version_metrics,
@@ -127,7 +127,7 @@ def test_workflow_end_to_end_resumes_after_a_failed_step(ray_local, mlflow_serve
     from pipelines.workflow_steps.runner import TAG_STEP
 
     monkeypatch.chdir(tmp_path)
-    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+    tiny = Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml"
     overrides = [
         f"mlflow.tracking_uri={mlflow_server}", "mlflow.experiment=workflow-test",
         "mlflow.registered_model=read-workflow-test", f"workflow.workdir={tmp_path / 'work'}",

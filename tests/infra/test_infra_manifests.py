@@ -29,7 +29,7 @@ import jsonschema
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"
 KUBERAY_SCHEMA = INFRA / "kuberay" / "schemas" / "kuberay-v1.schema.yaml"
 KUBERNETES_VERSION = "1.33"  # oldest minor the manifests promise to work on (EKS standard support)

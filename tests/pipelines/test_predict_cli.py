@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from pipelines.predict import main as predict_main
 from read_model.checkpoint import save_trainable
 from read_model.model import build_model
 from read_model.overlay import (
@@ -24,11 +25,10 @@ from read_model.overlay import (
     jet,
     render_overlay,
 )
-from read_model.predict import main as predict_main
 from read_model.presets import load_model_config
 
 torch.set_num_threads(1)
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_overlay_colours_points_by_label_and_blends_mask_and_heatmap() -> None:
@@ -92,7 +92,7 @@ def test_predict_cli_writes_mask_overlay_and_prints_answer(seg_model_dir: Path, 
     width, height = _synthetic_image(image_path)
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "read_model.predict", "--model", str(seg_model_dir),
+        [sys.executable, "-m", "pipelines.predict", "--model", str(seg_model_dir),
          "--image", str(image_path), "--question", "Where is the red circle?",
          "--out", str(out), "--max-new-tokens", "1"],
         cwd=REPO, capture_output=True, text=True, timeout=300,

@@ -147,7 +147,7 @@ def tiny_model():
     from pipelines.config import load_job_config
     from read_model.model import build_model
 
-    config = load_job_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
+    config = load_job_config(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml")
     return build_model(config.model)[0]
 
 

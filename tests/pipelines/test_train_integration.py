@@ -23,7 +23,7 @@ from dataset_builders.sample import Sample
 from pipelines import storage
 from pipelines.build_shards import write_samples
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny.yaml"
 SHARD_SIZE_MB = 0.05  # a few synthetic samples per shard, so two workers get shards each
 SUBMIT_TRIES = 6
@@ -164,19 +164,25 @@ def test_job_submit_survives_a_killed_worker(local_shards, ray_head, tmp_path):
     MlflowClient(tracking).search_experiments()  # create the store before the job writes to it
     env = {**os.environ, **ray_head.env}
     env.pop("RAY_ADDRESS", None)
-    command = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address",
-               ray_head.dashboard, "--working-dir", str(REPO), "--no-wait", "--",
-               sys.executable, "pipelines/train.py", "--config", "configs/tiny.yaml", *RUN_ARGS,
-               f"data.shards={local_shards}", f"train.storage_path={ray_results}",
-               f"train.max_steps={max_steps}", f"train.checkpoint_every={every}",
-               "train.max_failures=1", "train.run_name=fault-run",
-               f"mlflow.tracking_uri={tracking}"]
+    submit_args = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address",
+                   ray_head.dashboard, "--working-dir", str(REPO)]
+    train_args = [sys.executable, "pipelines/train.py", "--config", "configs/tiny.yaml", *RUN_ARGS,
+                  f"train.storage_path={ray_results}", f"mlflow.tracking_uri={tracking}"]
     for _ in range(SUBMIT_TRIES):  # the job agent may come up a little after the dashboard
-        submit = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300,
-                                check=False)
-        if submit.returncode == 0:
+        # A relative shard folder would name a folder inside the uploaded copy: refused by name.
+        refused = subprocess.run([*submit_args, "--", *train_args, "data.shards=artifacts/shards"],
+                                 env=env, capture_output=True, text=True, timeout=300, check=False)
+        if "error: data.shards=artifacts/shards" in refused.stdout + refused.stderr:
             break
         time.sleep(5)
+    assert refused.returncode != 0
+    assert "relative path in a job submitted with --working-dir" in refused.stdout + refused.stderr
+
+    command = [*submit_args, "--no-wait", "--", *train_args, f"data.shards={local_shards}",
+               f"train.max_steps={max_steps}", f"train.checkpoint_every={every}",
+               "train.max_failures=1", "train.run_name=fault-run"]
+    submit = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300,
+                            check=False)
     assert submit.returncode == 0, submit.stdout[-2000:] + submit.stderr[-3000:]
     job_id = re.search(r"raysubmit_[A-Za-z0-9]+", submit.stdout + submit.stderr).group(0)
 

@@ -21,7 +21,7 @@ from pipelines.training.checkpointing import (
 from pipelines.training.optim import build_optimizer, build_scheduler, warmup_decay_factor
 from read_model.config import ConfigError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 @pytest.mark.parametrize("preset", ["tiny", "read-7b", "read-13b"])
@@ -189,7 +189,7 @@ def test_evaluation_examples_cover_every_query_with_fixed_templates():
 
 def test_tracking_uri_precedence(monkeypatch, tmp_path):
     from pipelines.config import MlflowSettings
-    from pipelines.training.tracking import resolve_tracking_uri
+    from pipelines.tracking import resolve_tracking_uri
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
     explicit = MlflowSettings(tracking_uri="sqlite:///job.db")

@@ -1,13 +1,13 @@
 """Answer one question about one image from the command line.
 
-    python -m read_model.predict --model DIR_OR_models:/name@alias --image x.jpg \
+    read-predict --model DIR_OR_models:/name@alias --image x.jpg \
         --question "Where is the dog?" [--out DIR] [--max-new-tokens N]
 
 Prints the answer and See (whether a non-empty mask was produced), and writes to --out the
 binary mask (union over the generated [SEG] tokens, 0/255 PNG), an overlay figure (mask tint,
 SasP points coloured by label, similarity heatmap panel) and the prediction as JSON.
-``models:/`` URIs are resolved through the MLflow registry (`pipelines.registry`), imported only
-when such a URI is given so that `read_model` stays free of MLflow.
+``models:/`` URIs are resolved through the MLflow registry (`pipelines.registry`); a checkpoint
+directory is loaded with `read_model.checkpoint.load_model_dir` and needs no MLflow.
 """
 
 from __future__ import annotations
@@ -36,12 +36,8 @@ class PredictError(RuntimeError):
 def load_model(reference: str, tracking_uri: str | None = None) -> Any:
     """A `ReadModel` from a checkpoint directory or a ``models:/name@alias`` registry URI."""
     if reference.startswith(REGISTRY_SCHEME):
-        try:
-            from pipelines.registry import load_registered
-        except ImportError as error:
-            raise PredictError(
-                f"{reference} needs the pipelines package (MLflow registry): {error}"
-            ) from error
+        from pipelines.registry import load_registered
+
         model, _, _ = load_registered(reference, tracking_uri=tracking_uri)
         return model
     from read_model.checkpoint import load_model_dir
@@ -104,7 +100,7 @@ def write_outputs(model: Any, prediction: Any, image: np.ndarray, out: Path, ste
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m read_model.predict", description="READ: answer and segment one image."
+        prog="read-predict", description="READ: answer and segment one image."
     )
     parser.add_argument("--model", required=True, help="checkpoint directory or models:/name@alias")
     parser.add_argument("--image", required=True, type=Path)

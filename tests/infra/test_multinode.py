@@ -36,7 +36,7 @@ from services import free_port
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RAY_BIN = Path(sys.executable).parent / "ray"
 HEAD_IP = "127.0.0.2"  # loopback addresses, one per node, as a real cluster has one per host
 SECOND_IP = "127.0.0.3"
@@ -349,7 +349,7 @@ def test_run_ends_with_a_registered_model_that_can_be_promoted(node_loss_run: No
                                                               tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from pipelines.workflow_steps.champion import record_version_metrics
+    from pipelines.champion import record_version_metrics
 
     client = MlflowClient(node_loss_run.tracking_uri)
     version = str(node_loss_run.summary["version"])
