@@ -133,8 +133,13 @@ def load_job_config(path: str | Path | None, overrides: list[str] | None = None)
     raw = apply_overrides(raw, list(overrides or []))
     config = from_dict(JobConfig, raw)
     _check_consistency(config)
-    refuse_relative_paths(local_paths(config))
     return config
+
+
+def check_job_paths(config: JobConfig, sections: tuple[str, ...]) -> None:
+    """Refuse the relative paths of `sections` (the ones a job uses) inside a submitted job."""
+    refuse_relative_paths({key: value for key, value in local_paths(config).items()
+                           if key.split(".")[0] in sections})
 
 
 def local_paths(config: JobConfig) -> dict[str, str]:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from pipelines import storage
-from pipelines.config import JobConfig, load_job_config
+from pipelines.config import JobConfig, check_job_paths, load_job_config
 from pipelines.evaluation.overlays import evaluation_figure, png_bytes
 from pipelines.evaluation.predictions_io import to_jsonl
 from pipelines.evaluation.records import QueryResult
@@ -42,6 +42,7 @@ from pipelines.evaluation.scoring import (
     to_markdown,
 )
 from pipelines.ray_runtime import ensure_ray
+from pipelines.submitted_job import refuse_relative_paths
 from read_model.config import ConfigError
 
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
@@ -349,6 +350,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.modes:
         overrides.append(f"eval.modes=[{','.join(args.modes)}]")
     config = load_job_config(args.config, overrides)
+    check_job_paths(config, ("eval",))
+    refuse_relative_paths({f"--data[{i}]": path for i, path in enumerate(data)})
     summary = evaluate(config, args.model, data, tag_version=args.tag_version)
     print(summary["markdown"])
     print(json.dumps({k: v for k, v in summary.items() if k != "markdown"}), flush=True)

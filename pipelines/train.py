@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import storage
-from pipelines.config import JobConfig, job_config_dict, load_job_config
+from pipelines.config import JobConfig, check_job_paths, job_config_dict, load_job_config
 from pipelines.ray_runtime import ensure_ray, worker_environment
 from pipelines.tracking import (
     finish_run,
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the job; returns a summary (also printed as one JSON line)."""
     args = parse_args(argv)
     config = load_job_config(args.config, args.overrides)
+    check_job_paths(config, ("data", "train", "model"))
     tracking_uri = resolve_tracking_uri(config.mlflow)
     shard_sets = preflight.check_job(config, tracking_uri)
     if args.check_only:
