@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from read_model.config import ConfigError
 
     try:  # the config is checked first, on any machine
-        config = load_job_config(args.config, ["model.llava.path=", "model.sam.checkpoint=",
+        config = load_job_config(args.config, ["model.llava.path=''", "model.sam.checkpoint=''",
                                                "model.tokenizer.build_tiny=true", *args.overrides])
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)

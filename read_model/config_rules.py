@@ -158,7 +158,8 @@ def _sam(config: ReadConfig, problems: Problems) -> None:
                 f"({encoder.num_heads})")
     require(all(0 <= i < encoder.depth for i in encoder.global_attn_indexes),
             "model.sam.encoder.global_attn_indexes", list(encoder.global_attn_indexes),
-            f"must name blocks of the {encoder.depth}-block encoder (0 .. depth-1)")
+            f"must name blocks 0 .. {encoder.depth - 1} of the encoder "
+            f"(model.sam.encoder.depth={encoder.depth})")
     if sam.decoder_heads >= 1:  # SAM's cross-attention works at half the prompt width
         require((sam.prompt_embed_dim // SAM_CROSS_ATTENTION_DOWNSAMPLE) % sam.decoder_heads == 0,
                 "model.sam.prompt_embed_dim", sam.prompt_embed_dim,
