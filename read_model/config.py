@@ -3,7 +3,10 @@
 Every number the paper or the upstream code hard-codes lives here as a named field whose default
 is the upstream value, so a variant (e.g. READ-13B's 60 points / t_pos 0.6) is a config change,
 never a code edit. YAML presets in ``configs/`` are loaded with :func:`from_dict`, which refuses
-unknown keys by name so a typo fails at start-up rather than after an hour of training.
+unknown keys and wrong types by name, and :meth:`ReadConfig.validate` (rules in
+``read_model/config_rules.py``) refuses values that would only fail later, so a typo or a bad
+number fails at start-up rather than after an hour of training. Nothing is stored twice: the
+CLIP crop is the vision tower's image size, SAM's encoder shape is the one ``sam.encoder`` field.
 """
 
 from __future__ import annotations
