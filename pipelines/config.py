@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from pipelines.submitted_job import refuse_relative_paths
 from read_model.config import (
     ConfigError,
@@ -23,6 +21,7 @@ from read_model.config import (
     ReadConfig,
     apply_overrides,
     from_dict,
+    load_yaml,
     to_dict,
 )
 
@@ -154,7 +153,7 @@ def load_job_config(path: str | Path | None, overrides: list[str] | None = None)
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path.read_text()) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
     raw = apply_overrides(raw, list(overrides or []))

@@ -310,10 +310,15 @@ def flatten(config_dict: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def apply_overrides(config_dict: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `a.b.c=value` strings (value parsed as YAML) onto a nested dict, in order."""
+def load_yaml(text: str) -> Any:
+    """`yaml.safe_load`, through libyaml when available (the pure-Python parser is ~10x slower)."""
     import yaml
 
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+def apply_overrides(config_dict: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` strings (value parsed as YAML) onto a nested dict, in order."""
     result = _deep_copy(config_dict)
     for item in overrides:
         if "=" not in item:
@@ -325,7 +330,7 @@ def apply_overrides(config_dict: dict[str, Any], overrides: list[str]) -> dict[s
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {key!r}: {part!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = load_yaml(raw)
     return result
 
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from read_model.config import ConfigError, ReadConfig, from_dict
+from read_model.config import ConfigError, ReadConfig, from_dict, load_yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -31,8 +29,7 @@ def preset_path(path_or_name: str | Path) -> Path:
 def load_model_config(path_or_name: str | Path) -> ReadConfig:
     """The validated `ReadConfig` in the `model:` section of a preset YAML."""
     path = preset_path(path_or_name)
-    with open(path, encoding="utf-8") as handle:
-        document: Any = yaml.safe_load(handle) or {}
+    document: Any = load_yaml(path.read_text(encoding="utf-8")) or {}
     if not isinstance(document, dict) or "model" not in document:
         raise ConfigError(f"{path} has no `model:` section")
     config = from_dict(ReadConfig, document["model"], "model")

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from read_model.config import ConfigError, apply_overrides
+from read_model.config import ConfigError, apply_overrides, load_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -65,7 +65,7 @@ def _bench(name: str) -> ModuleType:
 
 def _yaml_with(tmp: Path, override: str) -> Path:
     """The tiny preset with `override` applied, as a file (for entry points without overrides)."""
-    raw = apply_overrides(yaml.safe_load(TINY.read_text()), [override])
+    raw = apply_overrides(load_yaml(TINY.read_text()), [override])
     path = tmp / "job.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -75,7 +75,7 @@ def _checkpoint_with(tmp: Path, override: str) -> Path:
     """A checkpoint directory whose stored model config carries `override` (predict's input)."""
     from read_model.checkpoint import CONFIG_FILE, FORMAT, META_FILE
 
-    model = apply_overrides(yaml.safe_load(TINY.read_text())["model"],
+    model = apply_overrides(load_yaml(TINY.read_text())["model"],
                             [override.removeprefix("model.")])
     directory = tmp / "checkpoint"
     directory.mkdir()
