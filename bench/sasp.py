@@ -19,7 +19,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from read_model.config import ConfigError, LlavaConfig, ReadConfig, SasPConfig
+from read_model.config import ConfigError, LlavaConfig, ReadConfig, SasPConfig, TokenizerConfig
 from read_model.sasp import SasP
 
 
@@ -117,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--crop must be a multiple of --grid (the CLIP patch size)")
     cfg = SasPConfig(num_points=args.points)
     vision = LlavaConfig(vision_image_size=args.crop, vision_patch_size=args.crop // args.grid)
+    prompts = TokenizerConfig(model_max_length=args.grid**2 + 1)  # no text here: any grid fits
     try:
-        ReadConfig(llava=vision, sasp=cfg).validate()
+        ReadConfig(llava=vision, sasp=cfg, tokenizer=prompts).validate()
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
