@@ -92,7 +92,8 @@ def _open_mlflow_run(config: JobConfig, tracking_uri: str,
 
 
 def _fit(config: JobConfig, tracking_uri: str, run_id: str) -> Any:
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train import ScalingConfig as RayScalingConfig  # ours is pipelines.config's
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from pipelines.training.loop import train_loop_per_worker
@@ -112,7 +113,7 @@ def _fit(config: JobConfig, tracking_uri: str, run_id: str) -> Any:
             "env": worker_environment(),
         },
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(
+        scaling_config=RayScalingConfig(
             num_workers=scaling.num_workers,
             use_gpu=scaling.use_gpu,
             resources_per_worker=resources,
