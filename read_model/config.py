@@ -17,6 +17,7 @@ from typing import Any, Literal
 PromptMode = Literal["seg_only", "points_discrete", "points_dtoc"]
 ThresholdMode = Literal["fixed", "meanstd"]
 QueryPosition = Literal["preceding", "seg"]
+AddedTokenSpacing = Literal["upstream", "tokenizer"]
 
 
 @dataclass
@@ -34,6 +35,10 @@ class TokenizerConfig:
     im_start_token: str = "<im_start>"
     im_end_token: str = "<im_end>"
     tiny_vocab_size: int = 800  # BPE vocabulary of the offline tiny tokenizer (incl. specials)
+    # "upstream": text is cut at [SEG] / <im_start> / <im_end>, the whitespace touching them is
+    # dropped and every piece is encoded on its own, as the slow tokenizer of transformers 4.31
+    # did for upstream (docs/fidelity.md, "Tokens"); "tokenizer": the loaded tokenizer decides.
+    added_token_spacing: AddedTokenSpacing = "upstream"
 
 
 @dataclass
