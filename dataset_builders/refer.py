@@ -45,7 +45,8 @@ DEFAULT_SPLIT_BY: dict[str, tuple[str, ...]] = {
     "fprefcoco+": ("berkeley_exclude_unified",),
     "fprefcocog": ("berkeley_exclude_unified",),
 }
-LETTER_TEST_SPLITS = ("testA", "testB", "testC")  # REFER matches these by their last letter
+LETTER_TEST_SPLITS = ("testA", "testB", "testC")
+UPSTREAM_ORDER_KEY = "upstream_order"  # Sample.source: the image's place in upstream's walk  # REFER matches these by their last letter
 
 
 class ReferFormatError(ValueError):
@@ -79,6 +80,12 @@ def split_matches(wanted: str, ref_split: str) -> bool:
     if wanted == "test":
         return "test" in ref_split
     return ref_split == wanted
+
+
+def upstream_image_order(image_ids_in_ref_order: list[int]) -> list[int]:
+    """The order upstream's evaluation walks images: `READ:dataloaders/refer.py` getImgIds
+    returns ``list(set(image ids of the split's refs))``, so CPython's set order decides."""
+    return list(set(image_ids_in_ref_order))
 
 
 def image_folder(root: str | Path, dataset: str) -> Path:
@@ -117,16 +124,22 @@ def iter_refer(
     refs = _load_refs(ref_file)
     images, segmentations = _load_instances(instances_file)
     by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    in_ref_order: list[int] = []
     for position, ref in enumerate(refs):
         if not isinstance(ref, dict) or "image_id" not in ref or "split" not in ref:
             yield QuarantineEntry(str(ref_file), f"ref#{position}", "ref lacks image_id or split")
             continue
         if split_matches(split, str(ref["split"])):
             by_image[int(ref["image_id"])].append(ref)
+            in_ref_order.append(int(ref["image_id"]))
+    # Upstream's evaluation walks the images in REFER.getImgIds order and draws its prompt
+    # templates in that order (read_model.template_draws); record each image's place in it.
+    upstream_order = {image_id: i for i, image_id in enumerate(upstream_image_order(in_ref_order))}
     folder = image_folder(root, dataset)
     context = _Context(dataset, split, ref_file, instances_file, folder, segmentations, settings)
     for image_id in sorted(by_image):
-        yield from _image_sample(context, image_id, images.get(image_id), by_image[image_id])
+        yield from _image_sample(context, image_id, images.get(image_id), by_image[image_id],
+                                 upstream_order[image_id])
 
 
 @dataclass(frozen=True)
@@ -143,7 +156,11 @@ class _Context:
 
 
 def _image_sample(
-    ctx: _Context, image_id: int, image_info: dict | None, refs: list[dict[str, Any]]
+    ctx: _Context,
+    image_id: int,
+    image_info: dict | None,
+    refs: list[dict[str, Any]],
+    upstream_position: int,
 ) -> Iterator[Sample | QuarantineEntry]:
     ref_ids = ",".join(str(r.get("ref_id")) for r in refs)
     record = f"image {image_id} (refs {ref_ids})"
@@ -184,6 +201,7 @@ def _image_sample(
             "annotation": str(ctx.ref_file),
             "instances": str(ctx.instances_file),
             "image_id": str(image_id),
+            UPSTREAM_ORDER_KEY: str(upstream_position),
         },
     )
 

@@ -73,7 +73,15 @@ class EvalSettings:
     modes: list[str] = field(default_factory=lambda: ["segmentation"])
     batch_size: int = 4
     num_actors: int = 1
-    max_new_tokens: int = 32
+    max_new_tokens: int = 512  # upstream's test generation limit; decoding stops at EOS
+    # Upstream's protocol per dataset (docs/fidelity.md): ReasonSeg scores the first query
+    # ("all": every query, reported as <split>/all_queries); RefCOCO-family prompts are drawn
+    # per split with Python's random seeded `prompt_seed` in upstream's order ("fixed": LISA's
+    # question) from `templates`: "project" or the path of an upstream READ/SESAME checkout.
+    reason_seg_queries: Literal["first", "all"] = "first"
+    refer_prompts: Literal["drawn", "fixed"] = "drawn"
+    templates: str = "project"
+    prompt_seed: int = 42
     num_overlays: int = 8
     siou_threshold: float | None = None  # None: the scored model's model.sasp.siou_threshold
     output: str = "artifacts/eval"  # predictions JSONL + overlays: local folder or s3://

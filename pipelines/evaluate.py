@@ -208,13 +208,20 @@ def evaluate(
     settings = config.eval
     options = {"protocol": settings.protocol, "modes": tuple(settings.modes),
                "max_new_tokens": settings.max_new_tokens,
-               "siou_threshold": settings.siou_threshold}
+               "siou_threshold": settings.siou_threshold,
+               "reason_seg_queries": settings.reason_seg_queries}
     from pipelines.evaluation.query_scoring import ScoringOptions
 
     ScoringOptions(**options)  # validate protocol / modes before anything starts
     if not data:
         raise EvaluationError("no --data shard folders given")
     sources = [ShardSource(url) for url in data]
+    plan = None
+    if settings.refer_prompts == "drawn":  # the whole split's draws, in upstream's order
+        from pipelines.evaluation.prompt_plan import build_prompt_plan
+
+        plan = build_prompt_plan(sources, settings.templates, settings.prompt_seed)
+        options["prompts"] = plan.prompts
     tracking_uri = tracking_uri or resolve_tracking_uri(config.mlflow)
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     name, version = resolve_model_version(client, model_uri)
@@ -231,7 +238,10 @@ def evaluate(
     try:
         params = {"model_uri": model_uri, "model_version": version, "protocol": settings.protocol,
                   "modes": ",".join(settings.modes), "num_actors": settings.num_actors,
-                  "batch_size": settings.batch_size}
+                  "batch_size": settings.batch_size, "max_new_tokens": settings.max_new_tokens,
+                  "eval.reason_seg_queries": settings.reason_seg_queries,
+                  "eval.refer_prompts": settings.refer_prompts,
+                  **(plan.params() if plan else {})}
         for source in sources:
             params[f"data.{source.dataset}/{source.split}.content_hash"] = source.content_hash
         for key, value in params.items():

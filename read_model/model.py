@@ -375,7 +375,7 @@ class ReadModel(nn.Module):
         self,
         images: list[np.ndarray],
         questions: list[str],
-        max_new_tokens: int = 32,
+        max_new_tokens: int = 512,
         *,
         use_seg_embedding: bool = True,
     ) -> list[Prediction]:

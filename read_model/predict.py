@@ -26,7 +26,7 @@ from read_model.overlay import render_overlay
 
 REGISTRY_SCHEME = "models:/"
 DEFAULT_OUT = "read_prediction"
-DEFAULT_MAX_NEW_TOKENS = 32  # upstream evaluate() default
+DEFAULT_MAX_NEW_TOKENS = 512  # READ:test_read.py; decoding stops once EOS is written
 
 
 class PredictError(RuntimeError):

@@ -185,7 +185,7 @@ def test_teacher_forced_scorer_counts_siou_and_points_only(tiny_model):
 
     samples = [_planted_sample("a", 48, 64, 0), _planted_sample("b", 41, 57, 1, false_premise=True)]
     scorer = QueryScorer(tiny_model, ScoringOptions(modes=("segmentation", "siou", "points_only"),
-                                                    siou_threshold=0.5))
+                                                    siou_threshold=0.5, reason_seg_queries="all"))
     results = scorer.score(samples)
     assert [r.uid for r in results] == ["a/0/0", "a/0/1", "b/0/0", "b/0/1", "b/0/2"]
     by_key = {s.key: s for s in samples}
@@ -205,7 +205,8 @@ def test_teacher_forced_scorer_counts_siou_and_points_only(tiny_model):
     from read_model.batch import collate_train
 
     model = tiny_model
-    batch = collate_train([evaluation_example(samples[0])], model.tokenizer, model.config,
+    batch = collate_train([evaluation_example(samples[0], reason_seg_queries="all")],
+                          model.tokenizer, model.config,
                           model.num_image_tokens)
     seg = model.score_teacher_forced(batch)["segments"]
     heat = similarity_map_full_resolution(seg.similarity_map[:1].reshape(1, -1), [(48, 64)],

@@ -1,13 +1,19 @@
 """Run a READ model over canonical samples and reduce each query to a `QueryResult`.
 
 This is what one Ray Data actor does for a block of samples, kept free of Ray so it can be tested
-and reused on its own. Two protocols (upstream-spec §8):
+and reused on its own. Two protocols (`READ:train_read.py` validate, `READ:test_read.py`):
 
-* ``teacher_forced`` (upstream's validation): every query of an image becomes a row whose answer
-  "Sure, the segmentation result is [SEG]." is already in the prompt; one forward, no generation.
+* ``teacher_forced`` (upstream's validation): every scored query of an image becomes a row whose
+  answer (LISA's "Sure, the segmentation result is [SEG]." for ReasonSeg, the drawn answer for
+  RefCOCO) is already in the prompt; one forward, no generation.
 * ``generate`` (upstream's FP-RefCOCO test): the question alone, batched greedy generation with
-  the KV cache; presence = a [SEG] was generated and its mask is non-empty; only the first [SEG]'s
-  mask is scored, an answer without [SEG] scores an all-zero mask.
+  the KV cache up to `max_new_tokens` (upstream: 512), stopping once every row has written EOS;
+  presence = a [SEG] was generated and its mask is non-empty; only the first [SEG]'s mask is
+  scored, an answer without [SEG] scores an all-zero mask.
+
+Which queries and prompts: `pipelines.examples.evaluation_example` (ReasonSeg's first query, or
+every query under the "all_queries" name; RefCOCO-family prompts from `prompts`, the table
+`pipelines.evaluation.prompt_plan` draws as upstream does, else LISA's fixed question).
 
 Analysis modes (the paper's <SEG> analysis): ``siou`` scores the binarised similarity map against
 the GT; ``points_only`` prompts SAM with the SasP points alone (no [SEG] embedding).
@@ -27,7 +33,13 @@ from torch import Tensor
 from dataset_builders.sample import Sample
 from pipelines.evaluation.predictions_io import encode_rle
 from pipelines.evaluation.records import QueryResult
-from pipelines.examples import decode_image, evaluation_example, flat_queries
+from pipelines.examples import (
+    decode_image,
+    evaluation_example,
+    evaluation_queries,
+    evaluation_split,
+    query_uid,
+)
 from read_model.analysis import siou_intersection_union
 from read_model.batch import collate_train
 from read_model.metrics import intersection_union
@@ -35,19 +47,29 @@ from read_model.sasp import similarity_map_full_resolution
 
 PROTOCOLS = ("teacher_forced", "generate")
 ANALYSIS_MODES = ("segmentation", "siou", "points_only")
+REASON_SEG_QUERIES = ("first", "all")
+UPSTREAM_MAX_NEW_TOKENS = 512  # READ:test_read.py generates up to 512 tokens
 
 
 @dataclass
 class ScoringOptions:
     protocol: str = "teacher_forced"
     modes: tuple[str, ...] = ("segmentation",)
-    max_new_tokens: int = 32
+    max_new_tokens: int = UPSTREAM_MAX_NEW_TOKENS
     siou_threshold: float | None = None  # None: the model's sasp.siou_threshold
     overlay_fraction: float = 0.0  # share of queries drawn as overlays (chosen by uid hash)
+    reason_seg_queries: str = "first"  # "all": every query, reported as <split>/all_queries
+    # uid -> (question, answer) drawn for RefCOCO-family queries; None: LISA's fixed question.
+    prompts: dict[str, Sequence[str]] | None = None
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        if self.reason_seg_queries not in REASON_SEG_QUERIES:
+            raise ValueError(f"reason_seg_queries must be one of {REASON_SEG_QUERIES}, got "
+                             f"{self.reason_seg_queries!r}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         unknown = sorted(set(self.modes) - set(ANALYSIS_MODES))
         if unknown:
             raise ValueError(f"unknown evaluation mode(s) {unknown}; valid: {list(ANALYSIS_MODES)}")
@@ -74,15 +96,14 @@ class _Query:
     query_id: str
 
 
-def _queries(sample: Sample) -> list[_Query]:
+def _queries(sample: Sample, reason_seg_queries: str = "first") -> list[_Query]:
+    """The scored queries of a sample; `flat_index` is the position in its evaluation example."""
     out = []
-    flat = 0
-    for t, target in enumerate(sample.targets):
-        for q, query in enumerate(target.queries):
-            out.append(_Query(f"{sample.key}/{t}/{q}", sample, flat, t, query.text,
-                              query.is_sentence, query.exists, query.gt_sent,
-                              query.query_id or f"{sample.key}/{t}/{q}"))
-            flat += 1
+    for flat, (t, q) in enumerate(evaluation_queries(sample, reason_seg_queries)):
+        query = sample.targets[t].queries[q]
+        uid = query_uid(sample.key, t, q)
+        out.append(_Query(uid, sample, flat, t, query.text, query.is_sentence, query.exists,
+                          query.gt_sent, query.query_id or uid))
     return out
 
 
@@ -117,12 +138,17 @@ class QueryScorer:
         self.options = options
         self.overlay_writer = overlay_writer
 
+    def _example(self, sample: Sample):
+        return evaluation_example(sample, reason_seg_queries=self.options.reason_seg_queries,
+                                  prompts=self.options.prompts)
+
     @torch.no_grad()
     def score(self, samples: Sequence[Sample]) -> list[QueryResult]:
-        samples = [s for s in samples if flat_queries(s)[0]]
+        mode = self.options.reason_seg_queries
+        samples = [s for s in samples if evaluation_queries(s, mode)]
         if not samples:
             return []
-        queries = [q for s in samples for q in _queries(s)]
+        queries = [q for s in samples for q in _queries(s, mode)]
         images = {s.key: decode_image(s) for s in samples}
         main = self._run(samples, queries, images, use_seg_embedding=True)
         points_only = None
@@ -141,7 +167,7 @@ class QueryScorer:
 
     def _teacher_forced(self, samples, images, use_seg_embedding) -> list[_Outcome]:
         model = self.model
-        examples = [evaluation_example(s) for s in samples]
+        examples = [self._example(s) for s in samples]
         batch = collate_train(examples, model.tokenizer, model.config, model.num_image_tokens)
         batch = batch.to(next(model.parameters()).device)
         out = model.score_teacher_forced(batch, use_seg_embedding=use_seg_embedding)
@@ -158,7 +184,7 @@ class QueryScorer:
                     similarity=None if seg.similarity_map is None else seg.similarity_map[s].cpu(),
                 ))
             offset += masks.shape[0]
-        expected = sum(len(_queries(s)) for s in samples)
+        expected = sum(len(_queries(s, self.options.reason_seg_queries)) for s in samples)
         if len(outcomes) != expected:
             raise ValueError(
                 f"teacher-forced scoring produced {len(outcomes)} masks for {expected} queries; "
@@ -170,7 +196,7 @@ class QueryScorer:
         examples = {}
         for q in queries:
             if q.sample.key not in examples:
-                examples[q.sample.key] = evaluation_example(q.sample)
+                examples[q.sample.key] = self._example(q.sample)
         question_of = [examples[q.sample.key].conversations[q.flat_index][0] for q in queries]
         preds = self.model.predict(
             [images[q.sample.key] for q in queries], question_of,
@@ -193,7 +219,8 @@ class QueryScorer:
         gt = torch.from_numpy(np.ascontiguousarray(_gt(query)))
         inter, union = intersection_union(main.mask[None], gt[None])
         result = QueryResult(
-            uid=query.uid, dataset=query.sample.dataset, split=query.sample.split,
+            uid=query.uid, dataset=query.sample.dataset,
+            split=evaluation_split(query.sample, self.options.reason_seg_queries),
             query_id=query.query_id, query_text=query.text, is_sentence=query.is_sentence,
             gt_exists=query.exists, gt_sent=query.gt_sent, text=main.text,
             pred_exists=main.exists, intersection=int(inter[0]), union=int(union[0]),
