@@ -3,7 +3,8 @@
 `refer_seg/<dataset>/refs(<splitBy>).p` (a pickle of plain ref dicts, loaded with the restricted
 unpickler) plus `instances.json` (COCO). One Sample per image of the split, as upstream's
 evaluation sees it: a Target per ref (mask from its ann_id) and a Query per sentence. Problems
-with the dataset files themselves raise; problems with single records are quarantined.
+with the dataset files themselves raise; a record upstream's loader would fail on is
+quarantined; anything else unusual is kept with a `WarningEntry` (dataset_builders.validation).
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ from typing import Any
 
 from dataset_builders.masks import NO_TARGET_ANN_ID, union_of_annotations
 from dataset_builders.safe_pickle import load_plain
-from dataset_builders.sample import QuarantineEntry, Query, Sample, Target, make_key
+from dataset_builders.sample import (
+    QuarantineEntry,
+    Query,
+    Sample,
+    Target,
+    WarningEntry,
+    make_key,
+)
 from dataset_builders.validation import (
     DEFAULT_VALIDATION,
     ValidationSettings,
@@ -26,6 +34,7 @@ from dataset_builders.validation import (
     check_size,
     check_text,
     check_true_premise_mask,
+    coco_segmentation_warnings,
 )
 
 REFER_ROOT = Path("refer_seg")
@@ -173,21 +182,25 @@ def _image_sample(
         return
     image_bytes = image_path.read_bytes()
     size, reason = check_image(image_bytes)
-    if reason is None:
+    if reason is None:  # masks are drawn at instances.json's size, so the image must have it
         reason = check_size(size, (int(image_info["width"]), int(image_info["height"])))
     if reason:
         yield QuarantineEntry(str(image_path), record, reason)
         return
     width, height = size
     targets = []
+    warnings: list[str] = []
     for ref in refs:
-        target, reason = _target(ctx, ref, width, height)
+        target, reason = _target(ctx, ref, width, height, warnings)
         if reason:
             yield QuarantineEntry(str(ctx.ref_file), f"ref {ref.get('ref_id')}", reason)
-        else:
+        elif target is not None:
             targets.append(target)
-    if not targets:
-        return  # every ref of this image was quarantined above, each with its reason
+    if not targets:  # every ref was quarantined above (with its reason) or has no sentence
+        if warnings:
+            yield QuarantineEntry(str(ctx.ref_file), record,
+                                  "no ref with a sentence: " + "; ".join(warnings[:3]))
+        return
     yield Sample(
         key=make_key(ctx.dataset, ctx.split, str(image_id)),
         dataset=ctx.dataset,
@@ -203,6 +216,7 @@ def _image_sample(
             "image_id": str(image_id),
             UPSTREAM_ORDER_KEY: str(upstream_position),
         },
+        warnings=[WarningEntry(str(ctx.ref_file), record, w) for w in warnings],
     )
 
 
@@ -216,8 +230,10 @@ def sentence_exists(sentence: Mapping[str, Any]) -> bool:
 
 
 def _target(
-    ctx: _Context, ref: dict[str, Any], width: int, height: int
+    ctx: _Context, ref: dict[str, Any], width: int, height: int, warnings: list[str]
 ) -> tuple[Target | None, str | None]:
+    """The ref's target, or why upstream would fail on it; unusual details go to `warnings`."""
+    where = f"ref {ref.get('ref_id')}"
     ann_ids = ref.get("ann_id")
     ids = ann_ids if isinstance(ann_ids, list) else [ann_ids]
     for ann_id in ids:
@@ -225,15 +241,20 @@ def _target(
             continue
         if ann_id not in ctx.segmentations:
             return None, f"ann_id {ann_id!r} not in instances.json"
-        reason = check_coco_segmentation(ctx.segmentations[ann_id], width, height, ctx.settings)
+        segmentation = ctx.segmentations[ann_id]
+        reason = check_coco_segmentation(segmentation, width, height)
         if reason:
             return None, f"ann {ann_id}: {reason}"
+        warnings += [f"{where}, ann {ann_id}: {w}"
+                     for w in coco_segmentation_warnings(segmentation, width, height, ctx.settings)]
     queries = []
     for position, sentence in enumerate(ref.get("sentences") or []):
         text = sentence.get("sent") if isinstance(sentence, dict) else None
+        if not isinstance(text, str):
+            return None, f"sentence {position}: query text is not a string: {text!r}"
         reason = check_text(text)
         if reason:
-            return None, f"sentence {position}: {reason}"
+            warnings.append(f"{where}, sentence {position}: {reason}")
         queries.append(
             Query(
                 text=text,
@@ -244,10 +265,11 @@ def _target(
             )
         )
     if not queries:
-        return None, "ref has no sentences"
+        warnings.append(f"{where}: ref has no sentences (nothing to train or score on)")
+        return None, None
     mask = union_of_annotations(ids, ctx.segmentations, height, width)
     if any(q.exists for q in queries):
         reason = check_true_premise_mask(mask)
         if reason:
-            return None, reason
+            warnings.append(f"{where}: {reason} (kept: upstream trains and scores it as it is)")
     return Target(mask=mask, queries=queries, target_id=str(ref.get("ref_id"))), None

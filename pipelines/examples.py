@@ -16,13 +16,12 @@ all-zero mask for a false premise (the upstream evaluation convention).
 from __future__ import annotations
 
 import hashlib
-import io
 from collections.abc import Mapping
 from typing import Literal
 
 import numpy as np
-from PIL import Image
 
+from dataset_builders.images import decode_rgb
 from dataset_builders.sample import Query, Sample
 from read_model import templates as T
 from read_model.batch import ReadExample
@@ -71,9 +70,9 @@ def evaluation_split(sample: Sample, reason_seg_queries: ReasonSegQueries = "fir
 
 
 def decode_image(sample: Sample) -> np.ndarray:
-    """The sample's image as uint8 RGB [H, W, 3]; a size mismatch with the record is an error."""
-    with Image.open(io.BytesIO(sample.image_bytes)) as image:
-        array = np.asarray(image.convert("RGB"))
+    """The sample's image as uint8 RGB [H, W, 3], EXIF orientation applied as `cv2.imread` does;
+    a size mismatch with the record is an error."""
+    array = decode_rgb(sample.image_bytes)
     if array.shape[:2] != (sample.height, sample.width):
         raise ValueError(
             f"sample {sample.key}: image is {array.shape[1]}x{array.shape[0]} but the record "
