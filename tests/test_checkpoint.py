@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -187,3 +188,28 @@ def test_sam_checkpoint_is_never_unpickled(tmp_path: Path) -> None:
     sam_settings = dataclasses.replace(load_model_config("tiny").sam, checkpoint=str(path))
     with pytest.raises(pickle.UnpicklingError):
         build_sam(sam_settings)
+
+
+def test_load_trainable_refuses_a_checkpoint_lacking_trainable_tensors(
+    tiny_trained: ReadModel, tmp_path: Path
+) -> None:
+    """A checkpoint without some tensors the model trains (saved with other `trainable` / `lora`
+    settings) is refused by name instead of leaving them silently at their initial values."""
+    from safetensors.torch import save_file
+
+    save_trainable(tiny_trained, tiny_trained.tokenizer, tiny_trained.config, tmp_path)
+    path = tmp_path / "trainable.safetensors"
+    complete = load_file(str(path))
+    lora = sorted(k for k in complete if "lora_B" in k)
+    assert lora
+    save_file({k: v for k, v in complete.items() if "lora_B" not in k}, str(path))
+    with pytest.raises(CheckpointError, match=r"lacks tensors this model trains: .*lora_B") as info:
+        load_trainable(tmp_path, tiny_trained)
+    assert all(name in str(info.value) for name in lora)  # every missing tensor is named
+    # A frozen tensor of a declared full-state prefix (the tiny SAM has no checkpoint) counts too.
+    encoder = next(k for k in complete if k.startswith("sam.image_encoder."))
+    save_file({k: v for k, v in complete.items() if k != encoder}, str(path))
+    with pytest.raises(CheckpointError, match=re.escape(encoder)):
+        load_trainable(tmp_path, tiny_trained)
+    save_file(complete, str(path))
+    load_trainable(tmp_path, tiny_trained)  # the complete file loads
