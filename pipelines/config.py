@@ -84,6 +84,7 @@ class EvalSettings:
     prompt_seed: int = 42
     num_overlays: int = 8
     siou_threshold: float | None = None  # None: the scored model's model.sasp.siou_threshold
+    base_sam_checkpoint: str = ""  # mode points_only_base_sam: off-the-shelf SAM weights
     output: str = "artifacts/eval"  # predictions JSONL + overlays: local folder or s3://
     use_gpu: bool = False  # one GPU share per model actor (set on GPU clusters)
     gpus_per_actor: float = 1.0

@@ -2,7 +2,7 @@
 
     python pipelines/evaluate.py --model models:/read-tiny@champion \
         --data artifacts/shards/reason_seg/val artifacts/shards/fprefcoco/val \
-        [--protocol teacher_forced|generate] [--modes segmentation siou points_only] \
+        [--protocol teacher_forced|generate] [--modes segmentation siou points_only_tuned points_only_base_sam] \
         [--config configs/tiny.yaml] [--tag-version] [eval.num_actors=2 ...]
     ray job submit --address http://HEAD:8265 --working-dir . -- python pipelines/evaluate.py ...
 
@@ -209,7 +209,8 @@ def evaluate(
     options = {"protocol": settings.protocol, "modes": tuple(settings.modes),
                "max_new_tokens": settings.max_new_tokens,
                "siou_threshold": settings.siou_threshold,
-               "reason_seg_queries": settings.reason_seg_queries}
+               "reason_seg_queries": settings.reason_seg_queries,
+               "base_sam_checkpoint": settings.base_sam_checkpoint}
     from pipelines.evaluation.query_scoring import ScoringOptions
 
     ScoringOptions(**options)  # validate protocol / modes before anything starts
@@ -345,7 +346,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="models:/<name>@<alias> or models:/<name>/<N>")
     parser.add_argument("--data", nargs="+", required=True, help="shard folders (<root>/<dataset>/<split>)")
     parser.add_argument("--protocol", choices=("teacher_forced", "generate"))
-    parser.add_argument("--modes", nargs="+", help="segmentation siou points_only")
+    parser.add_argument("--modes", nargs="+", help="segmentation siou points_only_tuned points_only_base_sam")
     parser.add_argument("--config", help="YAML preset (default: built-in defaults)")
     parser.add_argument("--tag-version", action="store_true",
                         help="record the pooled metrics on the model version (read.eval.*), the "

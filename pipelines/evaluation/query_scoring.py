@@ -15,8 +15,11 @@ Which queries and prompts: `pipelines.examples.evaluation_example` (ReasonSeg's 
 every query under the "all_queries" name; RefCOCO-family prompts from `prompts`, the table
 `pipelines.evaluation.prompt_plan` draws as upstream does, else LISA's fixed question).
 
-Analysis modes (the paper's <SEG> analysis): ``siou`` scores the binarised similarity map against
-the GT; ``points_only`` prompts SAM with the SasP points alone (no [SEG] embedding).
+Analysis modes (the paper's <SEG> analysis, read_model.analysis): ``siou`` scores the binarised
+similarity map against the GT; ``points_only_tuned`` prompts READ's fine-tuned decoder with the
+SasP points alone (no [SEG] embedding); ``points_only_base_sam`` prompts the off-the-shelf SAM
+(`base_sam_checkpoint`) with the same points, multimask, best score, as upstream's only code for
+it did. ``points_only`` is accepted as the old name of ``points_only_tuned``.
 """
 
 from __future__ import annotations
@@ -40,13 +43,14 @@ from pipelines.examples import (
     evaluation_split,
     query_uid,
 )
-from read_model.analysis import siou_intersection_union
+from read_model.analysis import BaseSamPointsOnly, siou_intersection_union
 from read_model.batch import collate_train
 from read_model.metrics import intersection_union
 from read_model.sasp import similarity_map_full_resolution
 
 PROTOCOLS = ("teacher_forced", "generate")
-ANALYSIS_MODES = ("segmentation", "siou", "points_only")
+ANALYSIS_MODES = ("segmentation", "siou", "points_only_tuned", "points_only_base_sam")
+MODE_ALIASES = {"points_only": "points_only_tuned"}
 REASON_SEG_QUERIES = ("first", "all")
 UPSTREAM_MAX_NEW_TOKENS = 512  # READ:test_read.py generates up to 512 tokens
 
@@ -61,8 +65,10 @@ class ScoringOptions:
     reason_seg_queries: str = "first"  # "all": every query, reported as <split>/all_queries
     # uid -> (question, answer) drawn for RefCOCO-family queries; None: LISA's fixed question.
     prompts: dict[str, Sequence[str]] | None = None
+    base_sam_checkpoint: str = ""  # points_only_base_sam: base SAM weights ("": model.sam's)
 
     def __post_init__(self) -> None:
+        self.modes = tuple(dict.fromkeys(MODE_ALIASES.get(m, m) for m in self.modes))
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if self.reason_seg_queries not in REASON_SEG_QUERIES:
@@ -137,6 +143,11 @@ class QueryScorer:
         self.model = model.eval()
         self.options = options
         self.overlay_writer = overlay_writer
+        self.base_sam = None
+        if "points_only_base_sam" in options.modes:
+            self.base_sam = BaseSamPointsOnly.from_checkpoint(
+                model.config.sam, options.base_sam_checkpoint or model.config.sam.checkpoint,
+                device=next(model.parameters()).device)
 
     def _example(self, sample: Sample):
         return evaluation_example(sample, reason_seg_queries=self.options.reason_seg_queries,
@@ -151,14 +162,35 @@ class QueryScorer:
         queries = [q for s in samples for q in _queries(s, mode)]
         images = {s.key: decode_image(s) for s in samples}
         main = self._run(samples, queries, images, use_seg_embedding=True)
-        points_only = None
-        if "points_only" in self.options.modes:
-            points_only = self._run(samples, queries, images, use_seg_embedding=False)
+        tuned = None
+        if "points_only_tuned" in self.options.modes:
+            tuned = [o.mask for o in self._run(samples, queries, images, use_seg_embedding=False)]
+        base = None if self.base_sam is None else self._base_sam_masks(queries, images, main)
         results = []
         for k, query in enumerate(queries):
             results.append(self._result(query, images[query.sample.key], main[k],
-                                        None if points_only is None else points_only[k]))
+                                        {"points_only_tuned": None if tuned is None else tuned[k],
+                                         "points_only_base_sam": None if base is None else base[k]}))
         return results
+
+    def _base_sam_masks(self, queries, images, main: list[_Outcome]) -> list[Tensor]:
+        """Upstream's points-only form: each query's own SasP points and labels, base SAM."""
+        masks: list[Tensor | None] = [None] * len(queries)
+        by_image: dict[str, list[int]] = {}
+        for k, query in enumerate(queries):
+            by_image.setdefault(query.sample.key, []).append(k)
+        for key, rows in by_image.items():
+            prompted = [k for k in rows if main[k].points.numel()]
+            if prompted:
+                points = torch.stack([main[k].points.float() for k in prompted])
+                labels = torch.stack([main[k].labels for k in prompted])
+                for k, mask in zip(prompted, self.base_sam.masks(images[key], points, labels),
+                                   strict=True):
+                    masks[k] = mask
+            for k in rows:  # no [SEG] generated: no points, an empty mask (as the main mask)
+                if masks[k] is None:
+                    masks[k] = torch.zeros_like(main[k].mask)
+        return masks
 
     def _run(self, samples, queries, images, *, use_seg_embedding: bool) -> list[_Outcome]:
         if self.options.protocol == "generate":
@@ -215,7 +247,7 @@ class QueryScorer:
         return outcomes
 
     def _result(self, query: _Query, image: np.ndarray, main: _Outcome,
-                points_only: _Outcome | None) -> QueryResult:
+                points_only: dict[str, Tensor | None]) -> QueryResult:
         gt = torch.from_numpy(np.ascontiguousarray(_gt(query)))
         inter, union = intersection_union(main.mask[None], gt[None])
         result = QueryResult(
@@ -239,9 +271,11 @@ class QueryScorer:
             i, u = siou_intersection_union(main.similarity.reshape(1, -1).float(), size, [gt],
                                            self._siou_config())
             result.siou_intersection, result.siou_union = int(i[0]), int(u[0])
-        if points_only is not None:
-            i, u = intersection_union(points_only.mask[None], gt[None])
-            result.points_only_intersection, result.points_only_union = int(i[0]), int(u[0])
+        for name, mask in points_only.items():
+            if mask is not None:
+                i, u = intersection_union(mask[None], gt[None])
+                setattr(result, f"{name}_intersection", int(i[0]))
+                setattr(result, f"{name}_union", int(u[0]))
         result.payload = {
             "rle": encode_rle(main.mask.numpy()),
             "points": main.points.tolist(),
