@@ -166,15 +166,18 @@ def load_model_dir(directory: str | Path) -> tuple[ReadModel, Any, ReadConfig]:
             build_config,
             llava=dataclasses.replace(config.llava, path=str(llava_dir)),
             sam=dataclasses.replace(config.sam, checkpoint=""),
+            init_heads="",  # the heads file below holds them
         )
         model, tokenizer = build_model(build_config)
-        _load_heads(directory / HEADS_FILE, model)
+        load_heads(directory / HEADS_FILE, model)
     else:
         raise CheckpointError(f"{directory}: unknown checkpoint kind {kind!r}")
     return model, tokenizer, config
 
 
-def _load_heads(path: Path, model: ReadModel) -> None:
+def load_heads(path: str | Path, model: ReadModel) -> None:
+    """SAM and [SEG] projection weights from a `read_heads.safetensors`, strictly."""
+    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} not found")
     state = load_file(str(path))
@@ -197,7 +200,7 @@ def _unrestorable_prefixes(config: ReadConfig) -> tuple[str, ...]:
     prefixes = ["projection."]
     if not config.llava.path:
         prefixes.append("llava.")
-    if not config.sam.checkpoint:
+    if not config.sam.checkpoint and not config.init_heads:
         prefixes.append("sam.")
     return tuple(prefixes)
 

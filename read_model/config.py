@@ -71,6 +71,13 @@ class LlavaSettings:
     gradient_checkpointing: bool = False
     rms_norm_eps: float = 1e-5  # Vicuna-1.5 / llava-1.5 text config value
     image_token_id: int = -1  # -1 = the tokenizer's `<image>` id (a loaded llava-hf config wins)
+    # Rows of tokens READ adds to a loaded checkpoint's vocabulary ([SEG], <im_start>, <im_end>
+    # on a llava-hf checkpoint), in embed_tokens and lm_head: "normal" draws them from
+    # N(0, new_token_init_std) as upstream's transformers-4.31 resize_token_embeddings did
+    # (LLaMA initializer_range 0.02); "keep" leaves what the checkpoint has there (llava-hf's
+    # padding rows). Rows the checkpoint's tokenizer already had are never touched.
+    new_token_init: Literal["normal", "keep"] = "normal"
+    new_token_init_std: float = 0.02
 
 
 @dataclass
@@ -170,6 +177,10 @@ class ReadConfig:
     trainable: TrainableSettings = field(default_factory=TrainableSettings)
     prompt_mode: PromptMode = "points_dtoc"
     projection_dim: int = 256  # [SEG] projection D -> D -> 256 (SAM prompt space)
+    # read_heads.safetensors of a converted or exported READ model: SAM (with its trained mask
+    # decoder) and the [SEG] projection start from it instead of sam.checkpoint + random
+    # (upstream's use_released_param=True, e.g. training from SESAME). Empty: not used.
+    init_heads: str = ""
     num_classes_per_sample: int = 3  # conversations drawn per training image
     seed: int = 0
 

@@ -523,10 +523,17 @@ def build_model(config: ReadConfig) -> tuple[ReadModel, Any]:
     Randomly initialised parts are seeded with `config.seed` (inside a forked RNG, so the caller's
     random state is untouched): the same config builds the same weights.
     """
-    from read_model.tokenizer import load_tokenizer, special_token_ids
+    from read_model.tokenizer import load_tokenizer, special_token_ids, tokens_new_to
 
     tokenizer = load_tokenizer(config.tokenizer, config.llava.path)
     token_ids = special_token_ids(tokenizer, config.tokenizer)
+    new_tokens: list[str] = []
+    if config.llava.path:  # READ's tokens the loaded checkpoint never trained (llava-hf)
+        tok_cfg = config.tokenizer
+        read_tokens = [tok_cfg.seg_token, tok_cfg.image_token]
+        if tok_cfg.use_im_start_end:
+            read_tokens += [tok_cfg.im_start_token, tok_cfg.im_end_token]
+        new_tokens = tokens_new_to(config.llava.path, read_tokens)
     image_token_id = (
         config.llava.image_token_id if config.llava.image_token_id >= 0 else token_ids.image
     )
@@ -542,6 +549,7 @@ def build_model(config: ReadConfig) -> tuple[ReadModel, Any]:
             vocab_size=vocab_size,
             image_token_id=image_token_id,
             pad_token_id=token_ids.pad,
+            new_token_ids=[tokenizer.convert_tokens_to_ids(t) for t in new_tokens],
         )
         dtype = next(llava.parameters()).dtype
         sam = build_sam(config.sam).to(dtype)
@@ -554,5 +562,9 @@ def build_model(config: ReadConfig) -> tuple[ReadModel, Any]:
             activation_checkpointing_kwargs={"use_reentrant": False}
         )
     model = ReadModel(config, wrapped, sam, projection, tokenizer, token_ids)
+    if config.init_heads:  # SAM + [SEG] projection of a released / earlier READ model
+        from read_model.checkpoint import load_heads
+
+        load_heads(config.init_heads, model)
     model.configure_trainable()
     return model, tokenizer
