@@ -41,7 +41,8 @@ REFER_ROOT = Path("refer_seg")
 COCO_IMAGE_DIR = REFER_ROOT / "images" / "mscoco" / "images" / "train2014"
 CLEF_IMAGE_DIR = REFER_ROOT / "images" / "saiapr_tc-12"
 
-# The splitBy READ/SESAME open per dataset (upstream-spec §1b), then the classic REFER names.
+# The splitBy READ/SESAME open per dataset (`READ:dataloaders/refer_seg_dataset.py`
+# determine_split_by), then the classic REFER names.
 DEFAULT_SPLIT_BY: dict[str, tuple[str, ...]] = {
     "refclef": ("unc", "berkeley"),
     "refcoco": ("unc_exclude_unified", "unc", "google"),

@@ -259,7 +259,7 @@ def code_fingerprint() -> str:
 
 
 def input_folders(dataset_root: str, dataset: str, split: str) -> list[Path]:
-    """The upstream folders a (dataset, split) is read from (upstream-spec §1)."""
+    """The upstream folders a (dataset, split) is read from (`READ:dataset/README.md` layout)."""
     root = Path(dataset_root)
     if dataset == "reason_seg":
         return [root / "reason_seg" / "ReasonSeg" / part for part in split.split("_")]

@@ -18,7 +18,7 @@ from read_model.config import ConfigError, ReadConfig, apply_overrides, from_dic
 
 @dataclass
 class DataConfig:
-    """Where shards come from and how datasets are mixed (upstream-spec §1d)."""
+    """Where shards come from and how datasets are mixed (`READ:dataloaders/trainval_dataset.py`)."""
 
     shards: str = "artifacts/shards"  # local folder or s3://bucket/prefix holding <dataset>/<split>
     train: list[str] = field(default_factory=lambda: ["reason_seg/train"])
@@ -42,7 +42,7 @@ class ScalingSettings:
 
 @dataclass
 class TrainSettings:
-    """Optimiser, schedule and checkpointing (upstream-spec §7)."""
+    """Optimiser, schedule and checkpointing (`READ:train_read.py`; docs/fidelity.md)."""
 
     run_name: str = "read-train"
     storage_path: str = "artifacts/ray_results"  # local path or s3://
@@ -67,7 +67,7 @@ class TrainSettings:
 
 @dataclass
 class EvalSettings:
-    """Batch evaluation (upstream-spec §8)."""
+    """Batch evaluation (`READ:train_read.py` validate, `READ:test_read.py`; docs/fidelity.md)."""
 
     protocol: Literal["teacher_forced", "generate"] = "teacher_forced"
     modes: list[str] = field(default_factory=lambda: ["segmentation"])

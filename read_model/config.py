@@ -108,7 +108,7 @@ class SamSettings:
 
 @dataclass
 class SasPConfig:
-    """Similarity-as-Points and DtoC (upstream-spec §4, §5)."""
+    """Similarity-as-Points and DtoC (`READ:model/READ.py`; docs/fidelity.md)."""
 
     num_points: int = 30
     down_sample: int = 2  # coarse grid = grid // down_sample (READ-13B test: 1)
@@ -127,7 +127,7 @@ class SasPConfig:
 
 @dataclass
 class LossConfig:
-    """CE + BCE + Dice with upstream's per-mask normalisation (upstream-spec §6)."""
+    """CE + BCE + Dice with upstream's per-mask normalisation (`READ:model/READ.py`)."""
 
     ce_weight: float = 1.0
     bce_weight: float = 2.0
@@ -150,7 +150,7 @@ class LoraSettings:
 
 @dataclass
 class TrainableSettings:
-    """Which modules train fully (upstream-spec §3.3); the rest stays frozen."""
+    """Which modules train fully (`READ:model/READ.py` init_READ_model); the rest stays frozen."""
 
     embed_tokens: bool = True
     lm_head: bool = True

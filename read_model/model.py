@@ -114,7 +114,7 @@ class ReadModel(nn.Module):
         return self.parts.num_image_tokens
 
     def configure_trainable(self) -> None:
-        """requires_grad from `config.trainable` (upstream-spec §3.3); LoRA adapters always train."""
+        """requires_grad from `config.trainable` (docs/fidelity.md); LoRA adapters always train."""
         settings, parts = self.config.trainable, self.parts
         self.requires_grad_(False)
         for name, param in self.named_parameters():

@@ -1,4 +1,7 @@
-"""SasP (Similarity as Points): similarity scores -> SAM point prompts (upstream-spec §4).
+"""SasP (Similarity as Points): similarity scores -> SAM point prompts.
+
+Upstream: `READ:model/READ.py` `similarity_as_points` / `similarity_map_to_points`; every kept
+and changed behaviour with its test: docs/fidelity.md.
 
 Parameter-free and batched: rows may come from images of different sizes. Upstream's geometry is
 reproduced number for number, truncations included:
