@@ -4,7 +4,7 @@
                                     [--config configs/tiny.yaml] [--model-dir DIR] [--device cpu]
 
 Upstream generates one query at a time with ``use_cache=False``, so every decoding step re-runs
-the whole sequence, image tokens included (upstream-spec §9, §11.12). The project's
+the whole sequence, image tokens included (`READ:model/READ.py` evaluate). The project's
 ``ReadModel.predict`` batches queries (left padding) and decodes with the KV cache. Both paths
 here share everything else (preprocessing, the final forward pass, SasP, SAM) and generate the
 same number of tokens (EOS is suppressed), so the ratio isolates batching + caching. Both run in

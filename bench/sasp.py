@@ -1,6 +1,6 @@
 """Batched SasP + DtoC against a straightforward per-point, full-resolution implementation.
 
-The baseline follows upstream's published algorithm step by step (upstream-spec §4-§5): one row
+The baseline follows upstream's published algorithm step by step (`READ:model/READ.py`): one row
 at a time, the full H×W similarity map, Python loops with ``.item()`` over selected cells, and one
 Gaussian × softmax weight map of H×W per point. Both run on the same inputs, forward only (the
 baseline's autograd graph would hold 30 points × several H×W maps per row, tens of GB here).

@@ -26,12 +26,16 @@ from read_model.config import (
 )
 
 EvalProtocol = Literal["teacher_forced", "generate"]
-EvalMode = Literal["segmentation", "siou", "points_only"]  # the paper's <SEG> analyses
+# The paper's <SEG> analyses (docs/evaluation.md); "points_only" is the old name of
+# "points_only_tuned".
+EvalMode = Literal["segmentation", "siou", "points_only_tuned", "points_only_base_sam",
+                   "points_only"]
+ReasonSegQueries = Literal["first", "all"]
 
 
 @dataclass
 class DataConfig:
-    """Where shards come from and how datasets are mixed (upstream-spec §1d)."""
+    """Where shards come from and how datasets are mixed (`READ:dataloaders/trainval_dataset.py`)."""
 
     shards: str = "artifacts/shards"  # local folder or s3://bucket/prefix holding <dataset>/<split>
     train: list[str] = field(default_factory=lambda: ["reason_seg/train"])
@@ -55,7 +59,7 @@ class ScalingConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimiser, schedule and checkpointing (upstream-spec §7)."""
+    """Optimiser, schedule and checkpointing (`READ:train_read.py`; docs/fidelity.md)."""
 
     run_name: str = "read-train"
     storage_path: str = "artifacts/ray_results"  # local path or s3://
@@ -80,15 +84,24 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Batch evaluation (upstream-spec §8)."""
+    """Batch evaluation (`READ:train_read.py` validate, `READ:test_read.py`; docs/fidelity.md)."""
 
     protocol: EvalProtocol = "teacher_forced"
     modes: list[EvalMode] = field(default_factory=lambda: ["segmentation"])
     batch_size: int = 4
     num_actors: int = 1
-    max_new_tokens: int = 32
+    max_new_tokens: int = 512  # upstream's test generation limit; decoding stops at EOS
+    # Upstream's protocol per dataset (docs/fidelity.md): ReasonSeg scores the first query
+    # ("all": every query, reported as <split>/all_queries); RefCOCO-family prompts are drawn
+    # per split with Python's random seeded `prompt_seed` in upstream's order ("fixed": LISA's
+    # question) from `templates`: "project" or the path of an upstream READ/SESAME checkout.
+    reason_seg_queries: ReasonSegQueries = "first"
+    refer_prompts: Literal["drawn", "fixed"] = "drawn"
+    templates: str = "project"
+    prompt_seed: int = 42
     num_overlays: int = 8
     siou_threshold: float | None = None  # None: the scored model's model.sasp.siou_threshold
+    base_sam_checkpoint: str = ""  # mode points_only_base_sam: off-the-shelf SAM weights
     output: str = "artifacts/eval"  # predictions JSONL + overlays: local folder or s3://
     use_gpu: bool = False  # one GPU share per model actor (set on GPU clusters)
     gpus_per_actor: float = 1.0

@@ -2,7 +2,7 @@
 
     read-evaluate --model models:/read-tiny@champion \
         --data artifacts/shards/reason_seg/val artifacts/shards/fprefcoco/val \
-        [--protocol teacher_forced|generate] [--modes segmentation siou points_only] \
+        [--protocol teacher_forced|generate] [--modes segmentation siou points_only_tuned points_only_base_sam] \
         [--config configs/tiny.yaml] [--tag-version] [eval.num_actors=2 ...]
     ray job submit --address http://HEAD:8265 --working-dir . -- python pipelines/evaluate.py ...
 
@@ -206,11 +206,19 @@ def evaluate(
     settings = config.eval
     options = {"protocol": settings.protocol, "modes": tuple(settings.modes),
                "max_new_tokens": settings.max_new_tokens,
-               "siou_threshold": settings.siou_threshold}
+               "siou_threshold": settings.siou_threshold,
+               "reason_seg_queries": settings.reason_seg_queries,
+               "base_sam_checkpoint": settings.base_sam_checkpoint}
     config.validate()  # also for callers that built `config` themselves
     if not data:
         raise EvaluationError("no --data shard folders given")
     sources = [ShardSource(url) for url in data]
+    plan = None
+    if settings.refer_prompts == "drawn":  # the whole split's draws, in upstream's order
+        from pipelines.evaluation.prompt_plan import build_prompt_plan
+
+        plan = build_prompt_plan(sources, settings.templates, settings.prompt_seed)
+        options["prompts"] = plan.prompts
     tracking_uri = tracking_uri or resolve_tracking_uri(config.mlflow)
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     name, version = resolve_model_version(client, model_uri)
@@ -225,7 +233,10 @@ def evaluate(
     try:
         params = {"model_uri": model_uri, "model_version": version, "protocol": settings.protocol,
                   "modes": ",".join(settings.modes), "num_actors": settings.num_actors,
-                  "batch_size": settings.batch_size}
+                  "batch_size": settings.batch_size, "max_new_tokens": settings.max_new_tokens,
+                  "eval.reason_seg_queries": settings.reason_seg_queries,
+                  "eval.refer_prompts": settings.refer_prompts,
+                  **(plan.params() if plan else {})}
         for source in sources:
             params[f"data.{source.dataset}/{source.split}.content_hash"] = source.content_hash
         for key, value in params.items():
@@ -340,7 +351,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="models:/<name>@<alias> or models:/<name>/<N>")
     parser.add_argument("--data", nargs="+", required=True, help="shard folders (<root>/<dataset>/<split>)")
     parser.add_argument("--protocol", choices=("teacher_forced", "generate"))
-    parser.add_argument("--modes", nargs="+", help="segmentation siou points_only")
+    parser.add_argument("--modes", nargs="+", help="segmentation siou points_only_tuned points_only_base_sam")
     parser.add_argument("--config", help="YAML preset (default: built-in defaults)")
     parser.add_argument("--tag-version", action="store_true",
                         help="record the pooled metrics on the model version (read.eval.*), the "

@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from read_model.config import ConfigError
 from read_model.overlay import render_overlay
 
 REGISTRY_SCHEME = "models:/"
 DEFAULT_OUT = "read_prediction"
-DEFAULT_MAX_NEW_TOKENS = 32  # upstream evaluate() default
+DEFAULT_MAX_NEW_TOKENS = 512  # READ:test_read.py; decoding stops once EOS is written
 
 
 class PredictError(RuntimeError):
@@ -50,10 +50,12 @@ def load_model(reference: str, tracking_uri: str | None = None) -> Any:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """uint8 RGB [H, W, 3]; unreadable files are a clear error, not a traceback."""
+    """uint8 RGB [H, W, 3], EXIF orientation applied as upstream's `cv2.imread` applies it;
+    unreadable files are a clear error, not a traceback."""
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+            upright = ImageOps.exif_transpose(image)
+            return np.asarray(upright.convert("RGB"), dtype=np.uint8).copy()
     except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
         raise PredictError(f"cannot read image {path}: {error}") from error
 

@@ -20,6 +20,7 @@ from typing import Any, Literal
 PromptMode = Literal["seg_only", "points_discrete", "points_dtoc"]
 ThresholdMode = Literal["fixed", "meanstd"]
 QueryPosition = Literal["preceding", "seg"]
+AddedTokenSpacing = Literal["upstream", "tokenizer"]
 
 
 @dataclass
@@ -37,6 +38,10 @@ class TokenizerConfig:
     im_start_token: str = "<im_start>"
     im_end_token: str = "<im_end>"
     tiny_vocab_size: int = 800  # BPE vocabulary of the offline tiny tokenizer (incl. specials)
+    # "upstream": text is cut at [SEG] / <im_start> / <im_end>, the whitespace touching them is
+    # dropped and every piece is encoded on its own, as the slow tokenizer of transformers 4.31
+    # did for upstream (docs/fidelity.md, "Tokens"); "tokenizer": the loaded tokenizer decides.
+    added_token_spacing: AddedTokenSpacing = "upstream"
 
 
 @dataclass
@@ -69,6 +74,13 @@ class LlavaConfig:
     gradient_checkpointing: bool = False
     rms_norm_eps: float = 1e-5  # Vicuna-1.5 / llava-1.5 text config value
     image_token_id: int = -1  # -1 = the tokenizer's `<image>` id (a loaded llava-hf config wins)
+    # Rows of tokens READ adds to a loaded checkpoint's vocabulary ([SEG], <im_start>, <im_end>
+    # on a llava-hf checkpoint), in embed_tokens and lm_head: "normal" draws them from
+    # N(0, new_token_init_std) as upstream's transformers-4.31 resize_token_embeddings did
+    # (LLaMA initializer_range 0.02); "keep" leaves what the checkpoint has there (llava-hf's
+    # padding rows). Rows the checkpoint's tokenizer already had are never touched.
+    new_token_init: Literal["normal", "keep"] = "normal"
+    new_token_init_std: float = 0.02
 
 
 @dataclass(frozen=True)
@@ -122,7 +134,7 @@ class SamConfig:
 
 @dataclass
 class SasPConfig:
-    """Similarity-as-Points and DtoC (upstream-spec §4, §5)."""
+    """Similarity-as-Points and DtoC (`READ:model/READ.py`; docs/fidelity.md)."""
 
     num_points: int = 30
     down_sample: int = 2  # coarse grid = grid // down_sample (READ-13B test: 1)
@@ -143,7 +155,7 @@ class SasPConfig:
 
 @dataclass
 class LossConfig:
-    """CE + BCE + Dice with upstream's per-mask normalisation (upstream-spec §6)."""
+    """CE + BCE + Dice with upstream's per-mask normalisation (`READ:model/READ.py`)."""
 
     ce_weight: float = 1.0
     bce_weight: float = 2.0
@@ -166,7 +178,7 @@ class LoraConfig:
 
 @dataclass
 class TrainableConfig:
-    """Which modules train fully (upstream-spec §3.3); the rest stays frozen."""
+    """Which modules train fully (`READ:model/READ.py` init_READ_model); the rest stays frozen."""
 
     embed_tokens: bool = True
     lm_head: bool = True
@@ -193,6 +205,10 @@ class ReadConfig:
     trainable: TrainableConfig = field(default_factory=TrainableConfig)
     prompt_mode: PromptMode = "points_dtoc"
     projection_dim: int = 256  # [SEG] projection D -> D -> 256 (SAM prompt space)
+    # read_heads.safetensors of a converted or exported READ model: SAM (with its trained mask
+    # decoder) and the [SEG] projection start from it instead of sam.checkpoint + random
+    # (upstream's use_released_param=True, e.g. training from SESAME). Empty: not used.
+    init_heads: str = ""
     num_classes_per_sample: int = 3  # conversations drawn per training image
     seed: int = 0
 

@@ -2,7 +2,8 @@
 
     read-convert SRC DST --clip CLIP_DIR [--sam-checkpoint sam_vit_h_4b8939.pth]
 
-SRC is the LLaVA-original layout (upstream-spec §12): a flat LLaMA ``config.json``, weights in
+SRC is the LLaVA-original layout (`READ:merge_lora_weights_and_save_hf_model.py` output): a flat
+LLaMA ``config.json``, weights in
 safetensors or ``pytorch_model*.bin`` shards (read with ``weights_only=True``), and the slow LLaMA
 tokenizer with ``[SEG]``/``<im_start>``/``<im_end>`` added. Un-merged peft dumps
 (``base_model.model.*`` with ``lora_A/lora_B``) are merged on the way. DST is a *merged* READ

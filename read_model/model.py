@@ -162,7 +162,7 @@ class ReadModel(nn.Module):
         return self.parts.num_image_tokens
 
     def configure_trainable(self) -> None:
-        """requires_grad from `config.trainable` (upstream-spec §3.3); LoRA adapters always train."""
+        """requires_grad from `config.trainable` (docs/fidelity.md); LoRA adapters always train."""
         settings, parts = self.config.trainable, self.parts
         self.requires_grad_(False)
         for name, param in self.named_parameters():
@@ -422,7 +422,7 @@ class ReadModel(nn.Module):
         self,
         images: list[np.ndarray],
         questions: list[str],
-        max_new_tokens: int = 32,
+        max_new_tokens: int = 512,
         *,
         use_seg_embedding: bool = True,
     ) -> list[Prediction]:
@@ -567,11 +567,18 @@ def build_model(config: ReadConfig) -> tuple[ReadModel, Any]:
     Randomly initialised parts are seeded with `config.seed` (inside a forked RNG, so the caller's
     random state is untouched): the same config builds the same weights.
     """
-    from read_model.tokenizer import load_tokenizer, special_token_ids
+    from read_model.tokenizer import load_tokenizer, special_token_ids, tokens_new_to
 
     config.validate()  # before anything is loaded or allocated
     tokenizer = load_tokenizer(config.tokenizer, config.llava.path)
     token_ids = special_token_ids(tokenizer, config.tokenizer)
+    new_tokens: list[str] = []
+    if config.llava.path:  # READ's tokens the loaded checkpoint never trained (llava-hf)
+        tok_cfg = config.tokenizer
+        read_tokens = [tok_cfg.seg_token, tok_cfg.image_token]
+        if tok_cfg.use_im_start_end:
+            read_tokens += [tok_cfg.im_start_token, tok_cfg.im_end_token]
+        new_tokens = tokens_new_to(config.llava.path, read_tokens)
     image_token_id = (
         config.llava.image_token_id if config.llava.image_token_id >= 0 else token_ids.image
     )
@@ -587,6 +594,7 @@ def build_model(config: ReadConfig) -> tuple[ReadModel, Any]:
             vocab_size=vocab_size,
             image_token_id=image_token_id,
             pad_token_id=token_ids.pad,
+            new_token_ids=[tokenizer.convert_tokens_to_ids(t) for t in new_tokens],
         )
         dtype = next(llava.parameters()).dtype
         sam = build_sam(config.sam).to(dtype)
@@ -608,5 +616,9 @@ def build_model(config: ReadConfig) -> tuple[ReadModel, Any]:
         tokenizer=tokenizer,
         token_ids=token_ids,
     )
+    if config.init_heads:  # SAM + [SEG] projection of a released / earlier READ model
+        from read_model.checkpoint import load_heads
+
+        load_heads(config.init_heads, model)
     model.configure_trainable()
     return model, tokenizer

@@ -1,4 +1,7 @@
-"""SasP (Similarity as Points): similarity scores -> SAM point prompts (upstream-spec §4).
+"""SasP (Similarity as Points): similarity scores -> SAM point prompts.
+
+Upstream: `READ:model/READ.py` `similarity_as_points` / `similarity_map_to_points`; every kept
+and changed behaviour with its test: docs/fidelity.md.
 
 Parameter-free and batched: rows may come from images of different sizes. Upstream's geometry is
 reproduced number for number, truncations included:
@@ -10,7 +13,8 @@ reproduced number for number, truncations included:
   is one pixel / cell short of the ideal, as upstream (e.g. 427×640 gives a 12×16 coarse grid);
   a negative padding crops, as upstream's ``F.pad`` does;
 * cells are ordered positives (v >= t_pos, descending), negatives (0 <= v <= t_neg, ascending),
-  then neutrals (raster order); points are ``int(min((col + 0.5)·W/w, W - 1))`` etc.
+  then neutrals (raster order); points are ``int(min((col + 0.5)·W/w, W - 1))`` etc., in
+  float32 as upstream's tensor arithmetic (one pixel lower than exact arithmetic on boundaries).
 
 Deliberate differences, all invisible on ordinary maps:
 
@@ -327,11 +331,14 @@ class SasP(nn.Module):
         sizes: list[tuple[int, int]],
         device: torch.device,
     ) -> Tensor:
-        """Upstream's truncated cell centres in original pixels, in float64 like its Python math."""
+        """Upstream's truncated cell centres in original pixels, in float32 as upstream computes
+        ``(idx % w + 0.5) * scale_w`` on a tensor: the double scale is rounded to float32 first,
+        so a centre that is exact in real arithmetic can land just below an integer and truncate
+        one pixel lower (1168x728, padded row 13: 875, not 876; tests/test_sasp.py)."""
         scale = torch.tensor(
-            [[g.scale_w, g.scale_h] for g in geometry], device=device, dtype=torch.float64
+            [[g.scale_w, g.scale_h] for g in geometry], device=device, dtype=torch.float32
         )
-        limit = torch.tensor([[w - 1, h - 1] for h, w in sizes], device=device, dtype=torch.float64)
-        cell = torch.stack((col_index, row_index), -1).to(torch.float64)
+        limit = torch.tensor([[w - 1, h - 1] for h, w in sizes], device=device, dtype=torch.float32)
+        cell = torch.stack((col_index, row_index), -1).to(torch.float32)
         centre = (cell + 0.5) * scale[:, None, :]
         return torch.minimum(centre, limit[:, None, :]).floor()

@@ -1,4 +1,4 @@
-"""Aggregate per-query results into the paper's metrics (upstream-spec §8), deterministically.
+"""Aggregate per-query results into the paper's metrics (`READ:train_read.py` validate, `READ:test_read.py`; docs/fidelity.md), deterministically.
 
 Rules (upstream's ``intersectionAndUnionGPU`` + meters, via ``read_model.metrics``):
 * per-query IoU = I / (U + 1e-5), and 1.0 when U == 0 (empty GT and empty prediction);
@@ -25,6 +25,7 @@ from pipelines.evaluation.say_score import judge_say
 from read_model.metrics import SeeMeter, SegmentationMeter
 
 OVERALL = "all"
+ANALYSES = ("siou", "points_only_tuned", "points_only_base_sam")  # <name>_intersection / _union
 
 
 def giou_ciou(intersection: np.ndarray, union: np.ndarray) -> tuple[float, float]:
@@ -81,7 +82,7 @@ def score_group(results: list[QueryResult]) -> dict[str, float]:
             out["say"] = float(np.mean([j.exact for j in scored]))
             out["say_recall"] = float(np.mean([j.recall for j in scored]))
 
-    for name in ("siou", "points_only"):
+    for name in ANALYSES:
         i = np.array([getattr(r, f"{name}_intersection") for r in results], dtype=np.int64)
         u = np.array([getattr(r, f"{name}_union") for r in results], dtype=np.int64)
         keep = gt_exists & (u != MISSING) & (i != MISSING)
@@ -129,7 +130,8 @@ def flat_metrics(table: list[GroupMetrics]) -> dict[str, float]:
 TABLE_COLUMNS = (
     "giou", "ciou", "short_giou", "short_ciou", "long_giou", "long_ciou",
     "see", "segment_ciou", "say", "say_recall", "siou_giou", "siou_ciou",
-    "points_only_giou", "points_only_ciou", "num_queries",
+    "points_only_tuned_giou", "points_only_tuned_ciou", "points_only_base_sam_giou",
+    "points_only_base_sam_ciou", "num_queries",
 )
 
 

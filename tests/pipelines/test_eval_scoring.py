@@ -79,12 +79,15 @@ def test_order_independence_and_duplicates_rejected():
 def test_analysis_modes_scored_only_where_present():
     results = [
         _r("a/0/0", i=1, u=2, siou_intersection=5, siou_union=10,
-           points_only_intersection=2, points_only_union=8),
+           points_only_tuned_intersection=2, points_only_tuned_union=8,
+           points_only_base_sam_intersection=3, points_only_base_sam_union=4),
         _r("b/0/0", i=1, u=2),  # analysis not run for this one
     ]
     m = score_results(results)[0].metrics
     assert m["siou_giou"] == pytest.approx(0.5, abs=1e-6) and m["siou_count"] == 1
-    assert m["points_only_ciou"] == pytest.approx(0.25, abs=1e-9)
+    assert m["points_only_tuned_ciou"] == pytest.approx(0.25, abs=1e-9)
+    assert m["points_only_base_sam_ciou"] == pytest.approx(0.75, abs=1e-9)
+    assert m["points_only_base_sam_count"] == 1
 
 
 def test_say_normalisation_and_edge_cases():
@@ -179,13 +182,13 @@ def _counts(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int]:
     return int((pred & target).sum()), int((pred | target).sum())
 
 
-def test_teacher_forced_scorer_counts_siou_and_points_only(tiny_model):
+def test_teacher_forced_scorer_counts_siou_and_points_only_tuned(tiny_model):
     from pipelines.evaluation.query_scoring import QueryScorer, ScoringOptions
     from read_model.sasp import similarity_map_full_resolution
 
     samples = [_planted_sample("a", 48, 64, 0), _planted_sample("b", 41, 57, 1, false_premise=True)]
-    scorer = QueryScorer(tiny_model, ScoringOptions(modes=("segmentation", "siou", "points_only"),
-                                                    siou_threshold=0.5))
+    scorer = QueryScorer(tiny_model, ScoringOptions(modes=("segmentation", "siou", "points_only_tuned"),
+                                                    siou_threshold=0.5, reason_seg_queries="all"))
     results = scorer.score(samples)
     assert [r.uid for r in results] == ["a/0/0", "a/0/1", "b/0/0", "b/0/1", "b/0/2"]
     by_key = {s.key: s for s in samples}
@@ -196,7 +199,8 @@ def test_teacher_forced_scorer_counts_siou_and_points_only(tiny_model):
         assert pred.shape == gt.shape
         assert (r.intersection, r.union) == _counts(pred, gt)
         assert r.pred_exists == bool(pred.any())
-        assert r.siou_union >= 0 and r.points_only_union >= 0
+        assert r.siou_union >= 0 and r.points_only_tuned_union >= 0
+        assert r.points_only_base_sam_union == -1  # that mode was off
     fp = results[-1]
     assert not fp.gt_exists and fp.intersection == 0  # false premise: all-zero GT
 
@@ -205,7 +209,8 @@ def test_teacher_forced_scorer_counts_siou_and_points_only(tiny_model):
     from read_model.batch import collate_train
 
     model = tiny_model
-    batch = collate_train([evaluation_example(samples[0])], model.tokenizer, model.config,
+    batch = collate_train([evaluation_example(samples[0], reason_seg_queries="all")],
+                          model.tokenizer, model.config,
                           model.num_image_tokens)
     seg = model.score_teacher_forced(batch).segments
     heat = similarity_map_full_resolution(seg.similarity_map[:1].reshape(1, -1), [(48, 64)],
@@ -215,7 +220,8 @@ def test_teacher_forced_scorer_counts_siou_and_points_only(tiny_model):
     assert (results[0].siou_intersection, results[0].siou_union) == _counts(heat >= 0.5,
                                                                           samples[0].targets[0].mask)
     only = model.score_teacher_forced(batch, use_seg_embedding=False).masks[0][0].numpy()
-    assert (results[0].points_only_intersection, results[0].points_only_union) == _counts(
+    assert (results[0].points_only_tuned_intersection,
+            results[0].points_only_tuned_union) == _counts(
         only, samples[0].targets[0].mask)
 
     # Batch composition does not change any count (what makes N actors equal one actor).

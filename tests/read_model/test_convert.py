@@ -1,7 +1,8 @@
 """Released-checkpoint conversion on a tiny READ written out in the upstream LLaVA-original layout.
 
 The "released" checkpoint is made here: a tiny READ built with the project's code (with trained-
-looking LoRA), its weights renamed to upstream's keys (upstream-spec §12), its vocabulary laid
+looking LoRA), its weights renamed to upstream's keys (`READ:merge_lora_weights_and_save_hf_model.py`
+output), its vocabulary laid
 out as base + [SEG] + <im_start> + <im_end>, and a slow LLaMA tokenizer (a sentencepiece model
 trained here on an embedded corpus) saved as LLaMA repos ship it. The converter must give back a
 model with the same logits and masks, the same [SEG] lookup, and a working generation.
@@ -72,7 +73,7 @@ def write_llama_tokenizer(directory: Path) -> None:
 
 
 def upstream_config(model: ReadModel) -> dict:
-    """The flat LLaMA + LLaVA/READ config.json of a released checkpoint (upstream-spec §12)."""
+    """The flat LLaMA + LLaVA/READ config.json of a released checkpoint (`READ:model/READ.py`)."""
     text = base_llava(model.llava).config.text_config
     return {
         "architectures": ["READForCausalLM"], "model_type": "llava", "hidden_act": "silu",

@@ -146,13 +146,15 @@ def upstream_points(similarity: torch.Tensor, size: tuple[int, int], cfg: SasPCo
     neutral = [k for k in range(flat.numel()) if cfg.t_neg < flat[k].item() < cfg.t_pos]
     chosen = (positive + negative + neutral)[: cfg.num_points]
     labels = [1 if k in positive else 0 if k in negative else -1 for k in chosen]
-    points = [
-        [
-            int(min((k % cols + 0.5) * (width / cols), width - 1)),
-            int(min((k // cols + 0.5) * (height / rows), height - 1)),
-        ]
-        for k in chosen
-    ]
+    # Upstream's expression: an int64 index tensor, Python-float scales, float32 bounds.
+    bound_w = torch.tensor(width - 1, dtype=torch.float32)
+    bound_h = torch.tensor(height - 1, dtype=torch.float32)
+    points = []
+    for k in chosen:
+        idx = torch.tensor(k)
+        x = min((idx % cols + 0.5) * (float(width) / cols), bound_w)
+        y = min((idx // cols + 0.5) * (float(height) / rows), bound_h)
+        points.append([int(x.item()), int(y.item())])
     return points, labels
 
 
@@ -160,13 +162,29 @@ def upstream_points(similarity: torch.Tensor, size: tuple[int, int], cfg: SasPCo
 def test_selection_matches_upstream_reference(down_sample: int) -> None:
     torch.manual_seed(1)
     cfg = SasPConfig(down_sample=down_sample)
-    sizes = [(480, 640), (427, 640), (640, 427), (47, 100), (1536, 2048), (517, 389)]
+    sizes = [(480, 640), (427, 640), (640, 427), (47, 100), (1536, 2048), (517, 389),
+             (1168, 728), (1000, 700), (700, 1000)]
     similarity = torch.randn(len(sizes), 576)
     out = SasP(cfg, clip_image_size=LLAVA_CROP)(similarity, sizes)
     for row, size in enumerate(sizes):
         points, labels = upstream_points(similarity[row], size, cfg)
         assert out.points[row].long().tolist() == points, size
         assert out.labels[row].tolist() == labels, size
+
+
+def test_cell_centres_are_float32_as_upstream_hand_computed() -> None:
+    """H x W = 1168 x 728, down_sample 2: a 12x12 coarse grid padded by 3 rows above and below
+    (int(1168 * 12 / 728) = 19, (19 - 12) // 2 = 3), so 18 rows of 1168 / 18 px. Padded row 13
+    (coarse row 10) is centred at 13.5 * 64.888... = 876 exactly in real arithmetic; upstream's
+    float32 tensor math rounds 1168 / 18 to 64.88888549804688, the product to 875.99993896, and
+    int() gives 875. Column 5 of 12 (no column padding): 5.5 * 60.666... = 333.67 -> 333."""
+    grid = torch.zeros(24, 24)
+    grid[20:22, 10:12] = 1.0  # the 2x2 block that pools into coarse cell (10, 5)
+    out = SasP(SasPConfig(down_sample=2), clip_image_size=LLAVA_CROP)(
+        grid.view(1, -1), [(1168, 728)], with_dtoc=False
+    )
+    assert out.labels[0, 0].item() == 1
+    assert out.points[0, 0].tolist() == [333.0, 875.0]
 
 
 def test_fewer_cells_than_points_pads_with_not_a_point() -> None:
