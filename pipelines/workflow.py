@@ -127,6 +127,7 @@ def _steps(runner: StepRunner, config: JobConfig, config_path: Path, pinned: lis
             {"config_path": str(config_path),
              "overrides": [*train_overrides, f"train.run_name={run_name}"]},
             context={**context, "data": data_hashes},
+            runtime={"parent_run_id": parent},
         )
         model_uri = f"models:/{trained[mode]['model_name']}/{trained[mode]['version']}"
         evaluated[mode] = runner.run(

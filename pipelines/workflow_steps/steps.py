@@ -63,11 +63,12 @@ def shards_unchanged(outputs: dict[str, Any]) -> bool:
     return current == outputs["content_hashes"]
 
 
-def train(config_path: str, overrides: list[str]) -> dict[str, Any]:
-    """Ray Train run registered as a new model version (pipelines/train.py)."""
+def train(config_path: str, overrides: list[str], parent_run_id: str) -> dict[str, Any]:
+    """Ray Train run registered as a new model version (pipelines/train.py), nested under the
+    workflow run `parent_run_id`."""
     from pipelines.train import main
 
-    summary = main(["--config", config_path, *overrides])
+    summary = main(["--config", config_path, *overrides, "--parent-run-id", parent_run_id])
     return {"model_name": summary["registered_model"], "version": str(summary["version"]),
             "train_run_id": summary["run_id"],
             "metrics": {k: float(v) for k, v in summary.get("metrics", {}).items()
