@@ -1,8 +1,9 @@
 """Run workflow steps as Ray tasks, record each as an MLflow child run, skip unchanged ones.
 
 A step is a plain function of JSON-serialisable keyword inputs returning a JSON-serialisable dict.
-Its fingerprint is a hash of its name, a code-version stamp and its inputs (which include the
-outputs of the steps it depends on). A FINISHED child run in the experiment with the same
+Its fingerprint is a hash of its name, the project code it can run (`pipelines.code_hash`) and its
+inputs (which include the outputs of the steps it depends on), so editing a module reruns exactly
+the steps that import it. A FINISHED child run in the experiment with the same
 fingerprint means the step already ran: its recorded outputs are reused and the step is skipped.
 MLflow is therefore the state store, so a workflow that failed half-way resumes where it stopped
 on a laptop (local store) and on a cluster (a shared tracking server) alike.
@@ -22,10 +23,12 @@ from typing import Any
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
-STEP_CODE_VERSION = "1"  # bump when a step's behaviour changes so old results are not reused
+from pipelines.code_hash import function_code_hash
+
 FAIL_STEP_ENV = "READ_WORKFLOW_FAIL_STEP"  # test hook: name of a step to fail on purpose
 TAG_STEP = "read.step"
 TAG_FINGERPRINT = "read.fingerprint"
+TAG_CODE = "read.code_hash"  # the step's code part of the fingerprint (pipelines.code_hash)
 TAG_OUTPUTS = "read.outputs"
 TAG_SKIPPED_FROM = "read.skipped_from"
 TAG_ERROR = "read.error"
@@ -43,9 +46,9 @@ class InjectedFailure(RuntimeError):
     """Raised inside a step when FAIL_STEP_ENV names it (resume tests, drills)."""
 
 
-def fingerprint(name: str, inputs: dict[str, Any]) -> str:
-    """Stable hash of a step's identity and inputs."""
-    blob = json.dumps({"step": name, "code": STEP_CODE_VERSION, "inputs": inputs},
+def fingerprint(name: str, inputs: dict[str, Any], code: str) -> str:
+    """Stable hash of a step's identity, code hash and inputs."""
+    blob = json.dumps({"step": name, "code": code, "inputs": inputs},
                       sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -125,17 +128,18 @@ class StepRunner:
         decisions such as promotion). The step runs as a Ray task with `num_cpus` (0 by default:
         the step only orchestrates; the Ray Train / Ray Data work it starts reserves its CPUs).
         """
-        fp = fingerprint(name, {"inputs": inputs, "context": context or {}})
+        code = function_code_hash(fn).digest
+        fp = fingerprint(name, {"inputs": inputs, "context": context or {}}, code)
         cached = None if always else self.find_finished(name, fp)
         if cached is not None and (still_valid is None or still_valid(cached[1])):
             source_run, outputs = cached
-            run = self._child(name, fp, {TAG_SKIPPED_FROM: source_run})
+            run = self._child(name, fp, {TAG_SKIPPED_FROM: source_run, TAG_CODE: code})
             self._finish(run, outputs)
             self.log(f"step {name}: unchanged, skipped (outputs of run {source_run})")
             self.results.append(StepResult(name, outputs, True, run))
             return outputs
 
-        run = self._child(name, fp, {})
+        run = self._child(name, fp, {TAG_CODE: code})
         params: dict[str, str] = {}
         _flatten("", inputs, params)
         for key in sorted(params)[:100]:

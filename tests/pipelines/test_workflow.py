@@ -12,6 +12,7 @@ from pipelines.champion import (
 )
 from pipelines.workflow_steps.runner import (
     FAIL_STEP_ENV,
+    TAG_CODE,
     TAG_SKIPPED_FROM,
     StepFailed,
     StepRunner,
@@ -117,6 +118,32 @@ def test_champion_moves_only_on_improvement(store):
     assert str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version) == v3
 
 
+def test_runner_reruns_a_finished_step_once_its_code_changed(store, tmp_path):
+    """The step's code is part of its fingerprint (pipelines.code_hash), so an edit reruns it."""
+    import importlib.util
+
+    client, experiment = store
+    module_file = tmp_path / "double_step.py"
+
+    def run_step() -> tuple[bool, dict, str]:
+        spec = importlib.util.spec_from_file_location("double_step", module_file)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        parent = client.create_run(experiment).info.run_id
+        runner = StepRunner(client, experiment, parent, use_ray=False, log=lambda _: None)
+        outputs = runner.run("scale", module.scale, {"n": 5})
+        result = runner.results[-1]
+        return result.skipped, outputs, client.get_run(result.run_id).data.tags[TAG_CODE]
+
+    module_file.write_text("def scale(n):\n    return {'value': n * 2}\n")
+    skipped, outputs, first_code = run_step()
+    assert (skipped, outputs) == (False, {"value": 10})
+    assert run_step()[:2] == (True, {"value": 10})
+    module_file.write_text("def scale(n):\n    # now triple\n    return {'value': n * 3}\n")
+    skipped, outputs, code = run_step()
+    assert (skipped, outputs) == (False, {"value": 15}) and code != first_code
+
+
 # ------------------------------------------------------------------ the real workflow, end to end
 @pytest.mark.integration
 def test_workflow_end_to_end_resumes_after_a_failed_step(ray_local, mlflow_server, tmp_path,
@@ -160,3 +187,12 @@ def test_workflow_end_to_end_resumes_after_a_failed_step(ray_local, mlflow_serve
     children = client.search_runs([experiment],
                                   f"tags.`mlflow.parentRunId` = '{result['parent_run_id']}'")
     assert {r.data.tags.get(TAG_STEP) for r in children} >= {"train[points_dtoc]", "promote"}
+    # The training run nests under the workflow run that launched it (the first, failed one).
+    skipped_train = next(r for r in children if r.data.tags.get(TAG_STEP) == "train[points_dtoc]")
+    launching_step = client.get_run(skipped_train.data.tags[TAG_SKIPPED_FROM])
+    training = client.get_run(result["trained"]["points_dtoc"]["train_run_id"])
+    assert training.data.tags["mlflow.parentRunId"] == launching_step.data.tags["mlflow.parentRunId"]
+    assert launching_step.data.tags["mlflow.parentRunId"] != result["parent_run_id"]
+    # Every experiment the workflow wrote to opens on the runs table, not the GenAI view.
+    kinds = {e.name: e.tags.get("mlflow.experimentKind") for e in client.search_experiments()}
+    assert kinds["workflow-test"] == "custom_model_development"
