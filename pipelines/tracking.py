@@ -20,6 +20,7 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from pipelines import progress
 from pipelines.config import MlflowSettings
 from pipelines.submitted_job import submitted_working_dir
 from read_model.config import ConfigError
@@ -31,6 +32,7 @@ PARENT_RUN_TAG = "mlflow.parentRunId"  # the UI nests a run under the run this t
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 SQLITE_PREFIX = "sqlite:///"
+LOSS_METRIC = "train/total"  # shown next to the workflow's training progress bar
 MAX_PARAM_LENGTH = 6000  # MLflow's param value limit (8000 on sqlite, lower on some servers)
 
 
@@ -157,6 +159,8 @@ class RankZeroLogger:
             return
         import time
 
+        loss = metrics.get(LOSS_METRIC)
+        progress.report(step, note=None if loss is None else f"loss {loss:.3f}")
         stamp = int(time.time() * 1000)
         entries = [
             mlflow.entities.Metric(key, float(value), stamp, step)

@@ -24,6 +24,7 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from pipelines.code_hash import function_code_hash
+from pipelines.workflow_steps.console import StepConsole, progress_text
 
 FAIL_STEP_ENV = "READ_WORKFLOW_FAIL_STEP"  # test hook: name of a step to fail on purpose
 TAG_STEP = "read.step"
@@ -36,6 +37,7 @@ TAG_WORKFLOW = "read.workflow"
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAM_CHARS = 6000  # MLflow's parameter value limit
 MAX_TAG_CHARS = 8000
+POLL_S = 0.5  # how often the driver redraws a running step's progress
 
 
 class StepFailed(RuntimeError):
@@ -85,13 +87,17 @@ class StepRunner:
         parent_run_id: str,
         *,
         use_ray: bool = True,
-        log: Callable[[str], None] = print,
+        console: StepConsole | None = None,
+        board: Any = None,
     ) -> None:
+        """`console` prints the step lines (nothing when None); `board` is the workflow's
+        `pipelines.progress` actor, whose reports feed the live bar and the final lines."""
         self.client = client
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.use_ray = use_ray
-        self.log = log
+        self.console = console
+        self.board = board
         self.results: list[StepResult] = []
 
     def find_finished(self, name: str, fp: str) -> tuple[str, dict[str, Any]] | None:
@@ -118,6 +124,8 @@ class StepRunner:
         context: dict[str, Any] | None = None,
         runtime: dict[str, Any] | None = None,
         num_cpus: float = 0,
+        progress: tuple[float | None, str] = (None, ""),
+        describe: Callable[[dict[str, Any]], str] | None = None,
     ) -> dict[str, Any]:
         """Run (or skip) one step and return its outputs.
 
@@ -127,6 +135,8 @@ class StepRunner:
         cached result whose files are gone; `always` runs the step even when unchanged (cheap
         decisions such as promotion). The step runs as a Ray task with `num_cpus` (0 by default:
         the step only orchestrates; the Ray Train / Ray Data work it starts reserves its CPUs).
+        `progress` is the (total, unit) its bar starts with; `describe(outputs)` is the phrase
+        its final line ends with (default: its last progress report).
         """
         code = function_code_hash(fn).digest
         fp = fingerprint(name, {"inputs": inputs, "context": context or {}}, code)
@@ -135,7 +145,9 @@ class StepRunner:
             source_run, outputs = cached
             run = self._child(name, fp, {TAG_SKIPPED_FROM: source_run, TAG_CODE: code})
             self._finish(run, outputs)
-            self.log(f"step {name}: unchanged, skipped (outputs of run {source_run})")
+            if self.console:
+                note = f"reused MLflow run {source_run[:8]}"
+                self.console.skipped(name, note + (f" · {describe(outputs)}" if describe else ""))
             self.results.append(StepResult(name, outputs, True, run))
             return outputs
 
@@ -144,7 +156,12 @@ class StepRunner:
         _flatten("", inputs, params)
         for key in sorted(params)[:100]:
             self.client.log_param(run, key[:250], params[key])
-        self.log(f"step {name}: running (MLflow run {run})")
+        if self.console:
+            self.console.running(name)
+        if self.board is not None:
+            import ray
+
+            ray.get(self.board.start.remote(name, *progress))
         start = time.monotonic()
         try:
             outputs = self._execute(fn, name, {**inputs, **(runtime or {})}, num_cpus)
@@ -153,11 +170,14 @@ class StepRunner:
             self.client.set_tag(run, TAG_ERROR, message[:MAX_TAG_CHARS])
             self.client.set_tag(run, "read.traceback", traceback.format_exc()[-MAX_TAG_CHARS:])
             self.client.set_terminated(run, RunStatus.to_string(RunStatus.FAILED))
-            self.log(f"step {name}: FAILED ({message})")
+            if self.console:
+                self.console.failed(name, message)
             raise StepFailed(f"step {name!r} failed (MLflow run {run}): {message}") from error
         self.client.log_metric(run, "step_seconds", time.monotonic() - start)
         self._finish(run, outputs)
-        self.log(f"step {name}: done in {time.monotonic() - start:.1f}s")
+        if self.console:
+            self.console.done(name, describe(outputs) if describe else
+                              progress_text(self._progress()))
         self.results.append(StepResult(name, outputs, False, run))
         return outputs
 
@@ -170,7 +190,18 @@ class StepRunner:
         if os.environ.get(FAIL_STEP_ENV):  # the drill hook reaches the worker process too
             options["runtime_env"] = {"env_vars": {FAIL_STEP_ENV: os.environ[FAIL_STEP_ENV]}}
         remote = ray.remote(num_cpus=num_cpus, max_retries=0)(_call_step).options(**options)
-        return ray.get(remote.remote(fn, name, inputs))
+        pending = remote.remote(fn, name, inputs)
+        while not ray.wait([pending], timeout=POLL_S)[0]:
+            if self.console:
+                self.console.update(self._progress())
+        return ray.get(pending)
+
+    def _progress(self) -> dict[str, Any]:
+        if self.board is None:
+            return {}
+        import ray
+
+        return ray.get(self.board.read.remote())
 
     def _child(self, name: str, fp: str, extra_tags: dict[str, str]) -> str:
         tags = {PARENT_TAG: self.parent_run_id, TAG_STEP: name, TAG_FINGERPRINT: fp, **extra_tags}
