@@ -56,8 +56,11 @@ def code_hash(source_file: Path, function: str, root: Path = PROJECT_ROOT) -> Co
     preamble = [node for node in tree.body if not isinstance(
         node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)]
     own_nodes = preamble + [definitions[name] for name in sorted(used)]
-    package = _module_name(source_file, root)
-    modules = _closure(_imports(own_nodes, package, source_file.name == "__init__.py"), root)
+    module = _module_name(source_file, root)
+    imported = _imports(own_nodes, module, source_file.name == "__init__.py")
+    if module:  # running the module runs its parent packages' __init__ first
+        imported |= set(_prefixes(module)[:-1])
+    modules = _closure(imported, root)
 
     digest = hashlib.sha256()
     for node in own_nodes:
