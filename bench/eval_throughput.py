@@ -79,14 +79,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from pipelines.config import load_job_config
+    from read_model.config import ConfigError
     from read_model.model import build_model
 
-    if args.model_dir:
-        from read_model.checkpoint import load_model_dir
+    try:
+        if args.model_dir:
+            from read_model.checkpoint import load_model_dir
 
-        model = load_model_dir(args.model_dir)[0]
-    else:
-        model = build_model(load_job_config(args.config).model)[0]
+            model = load_model_dir(args.model_dir)[0]  # validates the stored config first
+        else:
+            model = build_model(load_job_config(args.config).model)[0]
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     model = model.to(args.device).eval()
     images, questions = _inputs(args.queries, args.seed)
 

@@ -16,7 +16,7 @@ from dataset_builders.masks import DEPRECATED_LABEL, rasterize_labelme
 from dataset_builders.sample import QuarantineEntry, Query, Sample, Target, make_key
 from dataset_builders.validation import (
     DEFAULT_VALIDATION,
-    ValidationSettings,
+    ValidationConfig,
     check_image,
     check_polygon,
     check_size,
@@ -56,7 +56,7 @@ def list_records(root: str | Path, split: str) -> list[tuple[Path, str, str]]:
 
 
 def iter_reason_seg(
-    root: str | Path, split: str, settings: ValidationSettings = DEFAULT_VALIDATION
+    root: str | Path, split: str, settings: ValidationConfig = DEFAULT_VALIDATION
 ) -> Iterator[Sample | QuarantineEntry]:
     """Samples of `root/reason_seg/ReasonSeg/<split>` (joined splits in order), by file name."""
     for folder, stem, part in list_records(root, split):
@@ -64,7 +64,7 @@ def iter_reason_seg(
 
 
 def read_record(
-    folder: Path, stem: str, split: str, settings: ValidationSettings = DEFAULT_VALIDATION
+    folder: Path, stem: str, split: str, settings: ValidationConfig = DEFAULT_VALIDATION
 ) -> Sample | QuarantineEntry:
     """One NAME.jpg + NAME.json pair as a Sample, or the reason it cannot be one."""
     image_path = folder / f"{stem}.jpg"
@@ -76,7 +76,7 @@ def read_record(
 
 
 def _read(
-    image_path: Path, json_path: Path, stem: str, split: str, settings: ValidationSettings
+    image_path: Path, json_path: Path, stem: str, split: str, settings: ValidationConfig
 ) -> Sample:
     if not image_path.is_file():
         raise _Rejected(f"image missing: {image_path.name} not found")

@@ -20,7 +20,7 @@ from dataset_builders.safe_pickle import load_plain
 from dataset_builders.sample import QuarantineEntry, Query, Sample, Target, make_key
 from dataset_builders.validation import (
     DEFAULT_VALIDATION,
-    ValidationSettings,
+    ValidationConfig,
     check_coco_segmentation,
     check_image,
     check_size,
@@ -109,7 +109,7 @@ def iter_refer(
     dataset: str,
     split: str,
     split_by: str | None = None,
-    settings: ValidationSettings = DEFAULT_VALIDATION,
+    settings: ValidationConfig = DEFAULT_VALIDATION,
 ) -> Iterator[Sample | QuarantineEntry]:
     """Samples of one REFER dataset split, one per image, in image-id order."""
     ref_file = refs_path(root, dataset, split_by)
@@ -139,7 +139,7 @@ class _Context:
     instances_file: Path
     image_folder: Path
     segmentations: Mapping[int, Any]
-    settings: ValidationSettings
+    settings: ValidationConfig
 
 
 def _image_sample(

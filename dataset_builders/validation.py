@@ -21,7 +21,7 @@ from dataset_builders.sample import MASK_OBJECT, QuarantineEntry, Sample
 
 
 @dataclass(frozen=True)
-class ValidationSettings:
+class ValidationConfig:
     """Tolerances of the record checks."""
 
     # labelme / COCO polygons may sit a hair outside the canvas after annotation tools snap to
@@ -30,7 +30,7 @@ class ValidationSettings:
     min_polygon_points: int = 3
 
 
-DEFAULT_VALIDATION = ValidationSettings()
+DEFAULT_VALIDATION = ValidationConfig()
 
 
 def decode_json_text(data: bytes) -> tuple[str | None, str | None]:
@@ -80,7 +80,7 @@ def check_polygon(
     points: Any,
     width: int,
     height: int,
-    settings: ValidationSettings = DEFAULT_VALIDATION,
+    settings: ValidationConfig = DEFAULT_VALIDATION,
 ) -> str | None:
     """Points [[x, y], ...]: enough vertices, finite, inside the image up to the tolerance."""
     try:
@@ -108,7 +108,7 @@ def check_coco_segmentation(
     segmentation: Any,
     width: int,
     height: int,
-    settings: ValidationSettings = DEFAULT_VALIDATION,
+    settings: ValidationConfig = DEFAULT_VALIDATION,
 ) -> str | None:
     """A COCO polygon list (flat x, y lists) or RLE dict(s) that fit this image."""
     if not segmentation:

@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -45,6 +46,8 @@ from pipelines.shard_format import (
     shard_name,
     tar_bytes,
 )
+from pipelines.submitted_job import refuse_relative_paths
+from read_model.config import ConfigError
 
 DEFAULT_SPLITS: dict[str, tuple[str, ...]] = {
     "reason_seg": ("train", "val", "test"),
@@ -515,6 +518,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--splits", nargs="+", default=None)
     parser.add_argument("--shard-size-mb", type=float, default=DEFAULT_SHARD_SIZE_MB)
     args = parser.parse_args(argv)
+    try:
+        refuse_relative_paths({"--dataset-root": args.dataset_root, "--out": args.out})
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
     import ray
     import ray.data

@@ -2,7 +2,9 @@
 
 One YAML file (``configs/<preset>.yaml``) holds the model section (``read_model.config.ReadConfig``)
 and the sections the pipelines own. ``load_job_config(path, overrides)`` resolves it strictly:
-an unknown key anywhere is an error naming the key, raised before Ray or MLflow is touched.
+an unknown key anywhere is an error naming the key, and ``JobConfig.validate()`` refuses every
+value that could only fail later (on a worker, after Ray started), both before Ray or MLflow is
+touched.
 """
 
 from __future__ import annotations
@@ -11,10 +13,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from pipelines.submitted_job import refuse_relative_paths
-from read_model.config import ConfigError, ReadConfig, apply_overrides, from_dict, to_dict
+from read_model.config import (
+    ConfigError,
+    Problems,
+    PromptMode,
+    ReadConfig,
+    apply_overrides,
+    from_dict,
+    load_yaml,
+    to_dict,
+)
+
+EvalProtocol = Literal["teacher_forced", "generate"]
+EvalMode = Literal["segmentation", "siou", "points_only"]  # the paper's <SEG> analyses
 
 
 @dataclass
@@ -30,7 +42,7 @@ class DataConfig:
 
 
 @dataclass
-class ScalingSettings:
+class ScalingConfig:
     """Ray Train `ScalingConfig` fields; fractional CPUs keep room for Ray Data on small hosts."""
 
     num_workers: int = 1
@@ -42,7 +54,7 @@ class ScalingSettings:
 
 
 @dataclass
-class TrainSettings:
+class TrainConfig:
     """Optimiser, schedule and checkpointing (upstream-spec §7)."""
 
     run_name: str = "read-train"
@@ -67,11 +79,11 @@ class TrainSettings:
 
 
 @dataclass
-class EvalSettings:
+class EvalConfig:
     """Batch evaluation (upstream-spec §8)."""
 
-    protocol: Literal["teacher_forced", "generate"] = "teacher_forced"
-    modes: list[str] = field(default_factory=lambda: ["segmentation"])
+    protocol: EvalProtocol = "teacher_forced"
+    modes: list[EvalMode] = field(default_factory=lambda: ["segmentation"])
     batch_size: int = 4
     num_actors: int = 1
     max_new_tokens: int = 32
@@ -84,7 +96,7 @@ class EvalSettings:
 
 
 @dataclass
-class MlflowSettings:
+class MlflowConfig:
     """Tracking and registry; the URI defaults to MLFLOW_TRACKING_URI or a local store."""
 
     tracking_uri: str = ""
@@ -94,7 +106,7 @@ class MlflowSettings:
 
 
 @dataclass
-class WorkflowSettings:
+class WorkflowConfig:
     """The one-command workflow (pipelines/workflow.py): where data comes from, what it compares."""
 
     dataset_root: str = ""  # upstream-format dataset folder; empty = generate synthetic scenes
@@ -102,7 +114,7 @@ class WorkflowSettings:
     synthetic_seed: int = 0
     workdir: str = "artifacts"  # local folder for generated data and evaluation outputs
     eval_data: list[str] = field(default_factory=list)  # "<dataset>/<split>"; empty = data.val
-    ablation_modes: list[str] = field(
+    ablation_modes: list[PromptMode] = field(
         default_factory=lambda: ["seg_only", "points_discrete", "points_dtoc"]
     )  # the paper's prompt ablation (Table: <SEG> only, + discrete points, + DtoC)
 
@@ -113,28 +125,47 @@ class JobConfig:
 
     model: ReadConfig = field(default_factory=ReadConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    scaling: ScalingSettings = field(default_factory=ScalingSettings)
-    train: TrainSettings = field(default_factory=TrainSettings)
-    eval: EvalSettings = field(default_factory=EvalSettings)
-    mlflow: MlflowSettings = field(default_factory=MlflowSettings)
-    workflow: WorkflowSettings = field(default_factory=WorkflowSettings)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    workflow: WorkflowConfig = field(default_factory=WorkflowConfig)
+
+    def validate(self) -> None:
+        """Refuse, in one `ConfigError` naming every bad key, what would only fail later.
+
+        The `model:` section's rules are `ReadConfig.validate`'s; the pipeline sections' are
+        in `pipelines.config_rules`. Every entry point runs this before starting anything.
+        """
+        from pipelines.config_rules import job_problems
+        from read_model.config_rules import model_problems
+
+        problems = Problems()
+        model_problems(self.model, problems)
+        job_problems(self, problems)
+        problems.raise_if_any()
 
 
 def load_job_config(path: str | Path | None, overrides: list[str] | None = None) -> JobConfig:
-    """Read a YAML preset, apply `a.b=value` overrides, and validate every key."""
+    """Read a YAML preset, apply `a.b=value` overrides, and validate every key and value."""
     raw: dict[str, Any] = {}
     if path:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path.read_text()) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
     raw = apply_overrides(raw, list(overrides or []))
     config = from_dict(JobConfig, raw)
-    _check_consistency(config)
-    refuse_relative_paths(local_paths(config))
+    config.validate()
     return config
+
+
+def check_job_paths(config: JobConfig, sections: tuple[str, ...]) -> None:
+    """Refuse the relative paths of `sections` (the ones a job uses) inside a submitted job."""
+    refuse_relative_paths({key: value for key, value in local_paths(config).items()
+                           if key.split(".")[0] in sections})
 
 
 def local_paths(config: JobConfig) -> dict[str, str]:
@@ -155,16 +186,3 @@ def local_paths(config: JobConfig) -> dict[str, str]:
 def job_config_dict(config: JobConfig) -> dict[str, Any]:
     """The resolved config as a plain dict (logged as MLflow params and saved with checkpoints)."""
     return to_dict(config)
-
-
-def _check_consistency(config: JobConfig) -> None:
-    rates = config.data.sample_rates
-    if rates and len(rates) != len(config.data.train):
-        raise ConfigError(
-            f"data.sample_rates has {len(rates)} entries but data.train names "
-            f"{len(config.data.train)} datasets; give one rate per dataset"
-        )
-    if any(r < 0 for r in rates) or (rates and sum(rates) <= 0):
-        raise ConfigError("data.sample_rates must be non-negative with a positive sum")
-    if config.scaling.num_workers < 1:
-        raise ConfigError("scaling.num_workers must be at least 1")

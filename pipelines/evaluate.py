@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from pipelines import progress, storage
-from pipelines.config import JobConfig, load_job_config
+from pipelines.config import JobConfig, check_job_paths, load_job_config
 from pipelines.evaluation.overlays import evaluation_figure, png_bytes
 from pipelines.evaluation.predictions_io import to_jsonl
 from pipelines.evaluation.records import QueryResult
@@ -42,6 +42,7 @@ from pipelines.evaluation.scoring import (
     to_markdown,
 )
 from pipelines.ray_runtime import ensure_ray
+from pipelines.submitted_job import refuse_relative_paths
 from read_model.config import ConfigError
 
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
@@ -144,7 +145,7 @@ class ScoringActor:
 
 def _baseline_batch(batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
     """Both trivial baselines for a block of samples; `payload["baseline"]` names the kind."""
-    from pipelines.evaluation.baselines import BASELINES, baseline_results
+    from pipelines.baselines import BASELINES, baseline_results
     from pipelines.streaming import decode_row
 
     samples, results = [], []
@@ -214,9 +215,7 @@ def evaluate(
     options = {"protocol": settings.protocol, "modes": tuple(settings.modes),
                "max_new_tokens": settings.max_new_tokens,
                "siou_threshold": settings.siou_threshold}
-    from pipelines.evaluation.query_scoring import ScoringOptions
-
-    ScoringOptions(**options)  # validate protocol / modes before anything starts
+    config.validate()  # also for callers that built `config` themselves
     if not data:
         raise EvaluationError("no --data shard folders given")
     sources = [ShardSource(url) for url in data]
@@ -282,7 +281,7 @@ def evaluate(
 def _baselines(client: Any, run_id: str, sources: list[Any], batch_size: int,
                total_queries: int) -> dict[str, Any]:
     """Score the empty-mask and whole-image baselines on the same shards; log them to the run."""
-    from pipelines.evaluation.baselines import BASELINES
+    from pipelines.baselines import BASELINES
     from pipelines.streaming import ray_dataset
 
     rows = _collect(ray_dataset(sources).map_batches(
@@ -338,6 +337,17 @@ def _record(client: Any, run_id: str, name: str, version: str, results: list[Que
             "overlays": [url for _, url in overlays[:num_overlays]]}
 
 
+def refuse_model_overrides(overrides: Sequence[str]) -> None:
+    """`model.*` overrides would be ignored: the registered checkpoint's model settings win."""
+    ignored = [item.split("=", 1)[0] for item in overrides if item.strip().startswith("model.")]
+    if ignored:
+        raise ConfigError(
+            f"{', '.join(ignored)}: evaluation scores the registered model with the model "
+            "settings it was trained and registered with, so model.* overrides would be "
+            "ignored; register a model trained with these settings and evaluate that one"
+        )
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="models:/<name>@<alias> or models:/<name>/<N>")
@@ -348,7 +358,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tag-version", action="store_true",
                         help="record the pooled metrics on the model version (read.eval.*), the "
                              "evidence pipelines/promote.py compares")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. eval.num_actors=2")
+    parser.add_argument("overrides", nargs="*",
+                        help="key=value overrides, e.g. eval.num_actors=2 (model.* is refused: "
+                             "the registered model's own settings are used)")
     return parser.parse_args(argv)
 
 
@@ -361,7 +373,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         overrides.append(f"eval.protocol={args.protocol}")
     if args.modes:
         overrides.append(f"eval.modes=[{','.join(args.modes)}]")
+    refuse_model_overrides(overrides)
     config = load_job_config(args.config, overrides)
+    check_job_paths(config, ("eval",))
+    refuse_relative_paths({f"--data[{i}]": path for i, path in enumerate(data)})
     summary = evaluate(config, args.model, data, tag_version=args.tag_version)
     print(summary["markdown"])
     print(json.dumps({k: v for k, v in summary.items() if k != "markdown"}), flush=True)

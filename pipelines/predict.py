@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from read_model.config import ConfigError
 from read_model.overlay import render_overlay
 
 REGISTRY_SCHEME = "models:/"
@@ -59,13 +60,9 @@ def read_image(path: Path) -> np.ndarray:
 
 def full_resolution_heatmap(model: Any, prediction: Any, size: tuple[int, int]) -> np.ndarray | None:
     """The first [SEG]'s similarity map at the image resolution (zero outside CLIP's crop)."""
-    from read_model.sasp import similarity_map_full_resolution
-
     if prediction.similarity_map.shape[0] == 0:
         return None
-    maps = similarity_map_full_resolution(
-        prediction.similarity_map[:1].flatten(1).float(), [size], model.config.sasp
-    )
+    maps = model.sasp.full_resolution_maps(prediction.similarity_map[:1].flatten(1).float(), [size])
     return maps[0].cpu().numpy()
 
 
@@ -122,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(args.model, args.tracking_uri).to(torch.device(args.device)).eval()
         prediction = model.predict([image], [args.question], args.max_new_tokens)[0]
         paths = write_outputs(model, prediction, image, args.out, args.image.stem)
-    except PredictError as error:
+    except (PredictError, ConfigError) as error:  # ConfigError: the checkpoint's own config
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"Answer: {prediction.text}")

@@ -21,7 +21,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from pipelines import progress
-from pipelines.config import MlflowSettings
+from pipelines.config import MlflowConfig
 from pipelines.submitted_job import submitted_working_dir
 from read_model.config import ConfigError
 
@@ -36,7 +36,7 @@ LOSS_METRIC = "train/total"  # shown next to the workflow's training progress ba
 MAX_PARAM_LENGTH = 6000  # MLflow's param value limit (8000 on sqlite, lower on some servers)
 
 
-def resolve_tracking_uri(settings: MlflowSettings, cwd: str | Path | None = None) -> str:
+def resolve_tracking_uri(settings: MlflowConfig, cwd: str | Path | None = None) -> str:
     """The config's `mlflow.tracking_uri`, then MLFLOW_TRACKING_URI, then ./mlruns (sqlite).
 
     An explicit config value wins over the environment because `mlflow.set_tracking_uri` also

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import storage
-from pipelines.config import JobConfig, job_config_dict, load_job_config
+from pipelines.config import JobConfig, check_job_paths, job_config_dict, load_job_config
 from pipelines.ray_runtime import ensure_ray, worker_environment
 from pipelines.tracking import (
     finish_run,
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the job; returns a summary (also printed as one JSON line)."""
     args = parse_args(argv)
     config = load_job_config(args.config, args.overrides)
+    check_job_paths(config, ("data", "train", "model"))
     tracking_uri = resolve_tracking_uri(config.mlflow)
     shard_sets = preflight.check_job(config, tracking_uri)
     if args.check_only:
@@ -94,7 +95,8 @@ def _open_mlflow_run(config: JobConfig, tracking_uri: str,
 
 
 def _fit(config: JobConfig, tracking_uri: str, run_id: str) -> Any:
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train import ScalingConfig as RayScalingConfig  # ours is pipelines.config's
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from pipelines.training.loop import train_loop_per_worker
@@ -114,7 +116,7 @@ def _fit(config: JobConfig, tracking_uri: str, run_id: str) -> Any:
             "env": worker_environment(),
         },
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(
+        scaling_config=RayScalingConfig(
             num_workers=scaling.num_workers,
             use_gpu=scaling.use_gpu,
             resources_per_worker=resources,

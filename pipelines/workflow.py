@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import storage
-from pipelines.config import JobConfig, load_job_config
+from pipelines.config import JobConfig, check_job_paths, load_job_config
 from pipelines.evaluation.scoring import GroupMetrics, summary_markdown
 from pipelines.tracking import LOSS_METRIC
 from pipelines.workflow_steps import steps
@@ -63,6 +63,7 @@ def run_workflow(config_path: str | Path | None, overrides: list[str], *, ablati
 
     config_path = Path(config_path or DEFAULT_CONFIG).resolve()
     config = load_job_config(config_path, overrides)  # fails fast on any bad key
+    check_job_paths(config, ("data", "train", "eval", "workflow", "model"))
     tracking_uri = resolve_tracking_uri(config.mlflow)
     shards = _location(config.data.shards)
     workdir = _location(config.workflow.workdir)

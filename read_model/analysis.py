@@ -30,12 +30,19 @@ def siou_intersection_union(
     gt_masks: Sequence[Tensor],
     config: SasPConfig | None = None,
     ignore_value: int = 255,
+    *,
+    clip_image_size: int,
 ) -> tuple[Tensor, Tensor]:
-    """Class-1 (intersection [B], union [B]) between each row's binarised map and its GT [H, W]."""
+    """Class-1 (intersection [B], union [B]) between each row's binarised map and its GT [H, W].
+
+    `clip_image_size` is the side of CLIP's center crop the grid covers (`ReadModel.sasp`'s).
+    """
     config = config or SasPConfig()
     if len(gt_masks) != similarity.shape[0]:
         raise ValueError(f"{similarity.shape[0]} similarity rows but {len(gt_masks)} GT masks")
-    maps = similarity_map_full_resolution(similarity, image_sizes, config)
+    maps = similarity_map_full_resolution(
+        similarity, image_sizes, config, clip_image_size=clip_image_size
+    )
     binary = binarise_similarity_maps(maps, config.siou_threshold)
     inters, unions = [], []
     for row, (pred, gt) in enumerate(zip(binary, gt_masks, strict=True)):
@@ -56,5 +63,11 @@ class SIoUMeter(SegmentationMeter):
         image_sizes: Tensor | Sequence[Sequence[int]],
         gt_masks: Sequence[Tensor],
         config: SasPConfig | None = None,
+        *,
+        clip_image_size: int,
     ) -> None:
-        self.update(*siou_intersection_union(similarity, image_sizes, gt_masks, config))
+        self.update(
+            *siou_intersection_union(
+                similarity, image_sizes, gt_masks, config, clip_image_size=clip_image_size
+            )
+        )

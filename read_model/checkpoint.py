@@ -26,7 +26,7 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from read_model.config import ReadConfig, from_dict, to_dict
+from read_model.config import ReadConfig, from_dict, to_dict, upgrade_legacy_model_dict
 from read_model.llava import base_llava
 from read_model.model import ReadModel, build_model
 
@@ -135,7 +135,9 @@ def load_model_dir(directory: str | Path) -> tuple[ReadModel, Any, ReadConfig]:
     meta = _read_json(directory / META_FILE)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{directory}: unknown checkpoint format {meta.get('format')!r}")
-    config = from_dict(ReadConfig, _read_json(directory / CONFIG_FILE), "model")
+    stored = upgrade_legacy_model_dict(_read_json(directory / CONFIG_FILE))
+    config = from_dict(ReadConfig, stored, "model")
+    config.validate()  # a damaged or hand-edited read_config.json fails here, by key
     kind = meta.get("kind")
     if kind == "trainable":
         build_config = _with_tokenizer(config, directory / TOKENIZER_DIR)

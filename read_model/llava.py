@@ -10,11 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model
 from torch import Tensor, nn
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaForConditionalGeneration
+from transformers import LlavaConfig as HfLlavaConfig
 
-from read_model.config import LlavaSettings, LoraSettings
+from read_model.config import LlavaConfig, LoraConfig
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -26,7 +28,7 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 
 def build_llava(
-    settings: LlavaSettings, *, vocab_size: int, image_token_id: int, pad_token_id: int
+    settings: LlavaConfig, *, vocab_size: int, image_token_id: int, pad_token_id: int
 ) -> LlavaForConditionalGeneration:
     """Load `settings.path` (llava-hf layout) or build the shapes in `settings` with random weights.
 
@@ -56,8 +58,8 @@ def build_llava(
 
 
 def llava_config(
-    settings: LlavaSettings, vocab_size: int, image_token_id: int, pad_token_id: int
-) -> LlavaConfig:
+    settings: LlavaConfig, vocab_size: int, image_token_id: int, pad_token_id: int
+) -> HfLlavaConfig:
     """A llava-hf config for the shapes in `settings` (CLIP vision tower + Llama text model)."""
     vision = CLIPVisionConfig(
         hidden_size=settings.vision_hidden_size,
@@ -81,7 +83,7 @@ def llava_config(
         tie_word_embeddings=False,
     )
     grid = settings.vision_image_size // settings.vision_patch_size
-    config = LlavaConfig(
+    config = HfLlavaConfig(
         vision_config=vision,
         text_config=text,
         image_token_index=image_token_id,
@@ -95,7 +97,7 @@ def llava_config(
     return config
 
 
-def apply_lora(llava: nn.Module, settings: LoraSettings) -> nn.Module:
+def apply_lora(llava: nn.Module, settings: LoraConfig) -> nn.Module:
     """Wrap `llava` with LoRA adapters on the language model's q/v projections (if enabled).
 
     Returns the peft wrapper (or `llava` itself when LoRA is off); LoRA layers are injected in
@@ -103,7 +105,7 @@ def apply_lora(llava: nn.Module, settings: LoraSettings) -> nn.Module:
     """
     if not settings.enabled:
         return llava
-    config = LoraConfig(
+    config = PeftLoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,

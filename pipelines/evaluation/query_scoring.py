@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -25,16 +26,16 @@ import torch
 from torch import Tensor
 
 from dataset_builders.sample import Sample
+from pipelines.config import EvalMode, EvalProtocol
 from pipelines.evaluation.predictions_io import encode_rle
 from pipelines.evaluation.records import QueryResult
 from pipelines.examples import decode_image, evaluation_example, flat_queries
 from read_model.analysis import siou_intersection_union
 from read_model.batch import collate_train
 from read_model.metrics import intersection_union
-from read_model.sasp import similarity_map_full_resolution
 
-PROTOCOLS = ("teacher_forced", "generate")
-ANALYSIS_MODES = ("segmentation", "siou", "points_only")
+PROTOCOLS: tuple[str, ...] = typing.get_args(EvalProtocol)  # one list: the config's types
+ANALYSIS_MODES: tuple[str, ...] = typing.get_args(EvalMode)
 
 
 @dataclass
@@ -145,16 +146,15 @@ class QueryScorer:
         batch = collate_train(examples, model.tokenizer, model.config, model.num_image_tokens)
         batch = batch.to(next(model.parameters()).device)
         out = model.score_teacher_forced(batch, use_seg_embedding=use_seg_embedding)
-        seg = out["segments"]
-        prompt_points = seg.coords if model.config.prompt_mode == "points_dtoc" else seg.points
+        seg = out.segments
         outcomes: list[_Outcome] = []
         offset = 0
-        for masks in out["masks"]:
+        for masks in out.masks:
             for j in range(masks.shape[0]):
                 s = offset + j
                 outcomes.append(_Outcome(
                     mask=masks[j].cpu(), exists=bool(masks[j].any()), text="",
-                    points=_cpu(prompt_points, s), labels=_cpu(seg.labels, s),
+                    points=_cpu(seg.prompt_points, s), labels=_cpu(seg.labels, s),
                     similarity=None if seg.similarity_map is None else seg.similarity_map[s].cpu(),
                 ))
             offset += masks.shape[0]
@@ -206,11 +206,12 @@ class QueryScorer:
         )
         if has_map and draw:
             flat = main.similarity.reshape(1, -1).float()
-            heat = similarity_map_full_resolution(flat, size, self.model.config.sasp)[0]
+            heat = self.model.sasp.full_resolution_maps(flat, size)[0]
         if "siou" in self.options.modes and has_map:
             # The grid is already min-max normalised; normalising again leaves it unchanged.
             i, u = siou_intersection_union(main.similarity.reshape(1, -1).float(), size, [gt],
-                                           self._siou_config())
+                                           self._siou_config(),
+                                           clip_image_size=self.model.sasp.clip_image_size)
             result.siou_intersection, result.siou_union = int(i[0]), int(u[0])
         if points_only is not None:
             i, u = intersection_union(points_only.mask[None], gt[None])

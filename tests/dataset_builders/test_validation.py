@@ -12,7 +12,7 @@ from pycocotools import mask as coco_mask
 from dataset_builders.sample import QuarantineEntry, Query, Sample, Target, key_part, make_key
 from dataset_builders.validation import (
     BuildReport,
-    ValidationSettings,
+    ValidationConfig,
     check_coco_segmentation,
     check_image,
     check_polygon,
@@ -62,7 +62,7 @@ def test_polygon_tolerance_is_a_setting() -> None:
     slightly_out = [[-1.5, 0], [21.5, 0], [10, 10]]
     assert check_polygon(slightly_out, 20, 20) is None  # default tolerance 2 px
     assert "outside" in check_polygon(
-        slightly_out, 20, 20, ValidationSettings(polygon_tolerance_px=1)
+        slightly_out, 20, 20, ValidationConfig(polygon_tolerance_px=1)
     )
 
 

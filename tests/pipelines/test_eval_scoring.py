@@ -237,12 +237,14 @@ def test_teacher_forced_scorer_counts_siou_and_points_only(tiny_model):
     model = tiny_model
     batch = collate_train([evaluation_example(samples[0])], model.tokenizer, model.config,
                           model.num_image_tokens)
-    seg = model.score_teacher_forced(batch)["segments"]
+    seg = model.score_teacher_forced(batch).segments
     heat = similarity_map_full_resolution(seg.similarity_map[:1].reshape(1, -1), [(48, 64)],
-                                          model.config.sasp)[0].numpy()
+                                          model.config.sasp,
+                                          clip_image_size=model.config.llava.vision_image_size
+                                          )[0].numpy()
     assert (results[0].siou_intersection, results[0].siou_union) == _counts(heat >= 0.5,
                                                                           samples[0].targets[0].mask)
-    only = model.score_teacher_forced(batch, use_seg_embedding=False)["masks"][0][0].numpy()
+    only = model.score_teacher_forced(batch, use_seg_embedding=False).masks[0][0].numpy()
     assert (results[0].points_only_intersection, results[0].points_only_union) == _counts(
         only, samples[0].targets[0].mask)
 

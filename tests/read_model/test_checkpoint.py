@@ -19,7 +19,7 @@ from read_model.checkpoint import (
     load_trainable,
     save_trainable,
 )
-from read_model.config import TrainableSettings
+from read_model.config import TrainableConfig
 from read_model.model import ReadModel, build_model
 from read_model.presets import load_model_config
 from read_model.sam import SamCheckpointError, build_sam
@@ -60,7 +60,7 @@ def _outputs(model: ReadModel) -> tuple[list[torch.Tensor], list[list[int]]]:
     model.eval()
     examples = _examples()
     batch = collate_train(examples, model.tokenizer, model.config, model.num_image_tokens)
-    logits = model.score_teacher_forced(batch)["mask_logits"]
+    logits = model.score_teacher_forced(batch).mask_logits
     predictions = model.predict(
         [e.image for e in examples], ["Where?", "Find the star."], max_new_tokens=3
     )
@@ -128,7 +128,7 @@ def test_trainable_only_checkpoint_over_a_loadable_base(
         ),
         llava=dataclasses.replace(tiny.llava, path=str(tmp_path / "base" / "llava")),
         sam=dataclasses.replace(tiny.sam, checkpoint=str(sam_path)),
-        trainable=TrainableSettings(),  # upstream's set: LoRA + embed/head + decoder + projection
+        trainable=TrainableConfig(),  # upstream's set: LoRA + embed/head + decoder + projection
     )
     model, tokenizer = build_model(config)
     torch.testing.assert_close(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from read_model.config import ConfigError
+from read_model.config import SAM_ENCODERS, ConfigError
 from read_model.presets import CONFIG_DIR, load_model_config, preset_path
 
 PRESETS = ["tiny", "read-7b", "read-13b"]
@@ -31,7 +31,7 @@ def test_real_presets_carry_upstream_shapes_and_paths() -> None:
     for config in (seven, thirteen):
         assert config.llava.path and config.sam.checkpoint.endswith("sam_vit_h_4b8939.pth")
         assert config.llava.torch_dtype == "bfloat16" and config.llava.gradient_checkpointing
-        assert config.sam.variant == "vit_h" and config.sam.image_size == 1024
+        assert config.sam.encoder == SAM_ENCODERS["vit_h"] and config.sam.image_size == 1024
         assert (config.sasp.num_points, config.sasp.t_pos, config.sasp.t_neg) == (30, 0.8, 0.2)
         assert config.projection_dim == 256
         assert not config.trainable.language_model and config.trainable.mask_decoder
@@ -87,8 +87,8 @@ def test_tiny_preset_trains_a_step_quickly() -> None:
         ),
     ]
     batch = collate_train(examples, tokenizer, config, model.num_image_tokens)
-    model(batch)["total"].backward()  # warm-up
+    model(batch).losses.total.backward()  # warm-up
     model.zero_grad()
     start = time.process_time()
-    model(batch)["total"].backward()
+    model(batch).losses.total.backward()
     assert time.process_time() - start < 1.0
