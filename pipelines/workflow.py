@@ -29,8 +29,8 @@ from pipelines.config import JobConfig, check_job_paths, load_job_config
 from pipelines.evaluation.scoring import GroupMetrics, summary_markdown
 from pipelines.tracking import LOSS_METRIC
 from pipelines.workflow_steps import steps
-from pipelines.workflow_steps.console import StepConsole
-from pipelines.workflow_steps.runner import StepFailed, StepRunner
+from pipelines.workflow_steps.console import StepConsole, first_line
+from pipelines.workflow_steps.runner import TAG_ERROR, TAG_TRACEBACK, StepFailed, StepRunner
 from read_model.config import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -296,8 +296,9 @@ def cli(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except StepFailed as error:
-        print(f"\nworkflow stopped: {error}\nfix the cause and run the same command again: "
-              "finished steps are skipped.", file=sys.stderr)
+        print(f"\nworkflow stopped: {first_line(str(error))}\nthe whole error and traceback are "
+              f"the tags {TAG_ERROR} and {TAG_TRACEBACK} of that MLflow run; fix the cause and run "
+              "the same command again: finished steps are skipped.", file=sys.stderr)
         return 1
     return 0
 

@@ -57,7 +57,9 @@ class StepConsole:
         self._final(name, f"done in {time.monotonic() - self._started:.1f} s", note)
 
     def failed(self, name: str, message: str) -> None:
-        self._final(name, f"FAILED after {time.monotonic() - self._started:.1f} s", message)
+        """The first line of the error only: the step's MLflow run keeps all of it."""
+        self._final(name, f"FAILED after {time.monotonic() - self._started:.1f} s",
+                    first_line(message))
 
     # ------------------------------------------------------------------ drawing
     def _prefix(self, name: str) -> str:
@@ -75,6 +77,12 @@ class StepConsole:
         columns = shutil.get_terminal_size((120, 20)).columns
         self.stream.write("\r\033[K" + text[: columns - 1] + end)
         self.stream.flush()
+
+
+def first_line(text: str, limit: int = 200) -> str:
+    """The first line of a (possibly long, multi-line) message, shortened to `limit` chars."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def progress_text(progress: dict[str, Any]) -> str:

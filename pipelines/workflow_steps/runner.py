@@ -33,6 +33,7 @@ TAG_CODE = "read.code_hash"  # the step's code part of the fingerprint (pipeline
 TAG_OUTPUTS = "read.outputs"
 TAG_SKIPPED_FROM = "read.skipped_from"
 TAG_ERROR = "read.error"
+TAG_TRACEBACK = "read.traceback"
 TAG_WORKFLOW = "read.workflow"
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAM_CHARS = 6000  # MLflow's parameter value limit
@@ -168,7 +169,7 @@ class StepRunner:
         except BaseException as error:
             message = f"{type(error).__name__}: {error}"
             self.client.set_tag(run, TAG_ERROR, message[:MAX_TAG_CHARS])
-            self.client.set_tag(run, "read.traceback", traceback.format_exc()[-MAX_TAG_CHARS:])
+            self.client.set_tag(run, TAG_TRACEBACK, traceback.format_exc()[-MAX_TAG_CHARS:])
             self.client.set_terminated(run, RunStatus.to_string(RunStatus.FAILED))
             if self.console:
                 self.console.failed(name, message)

@@ -217,6 +217,11 @@ def test_console_prints_one_line_per_step_in_a_log_and_redraws_on_a_terminal(sto
     assert lines[2].startswith("[1/2] produce") and "unchanged · reused MLflow run" in lines[2]
     assert lines[2].endswith("· 3 items")
 
+    console = StepConsole(1, log)
+    console.running("evaluate")
+    console.failed("evaluate", "OutOfMemoryError: 6 workers were killed\nMemory usage ...\n" * 3)
+    assert log.getvalue().splitlines()[-1].endswith("· OutOfMemoryError: 6 workers were killed")
+
     screen = io.StringIO()
     console = StepConsole(1, screen, live=True)
     console.running("train")
