@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines import storage
+from pipelines import progress, storage
 from pipelines.config import JobConfig, check_job_paths, load_job_config
 from pipelines.evaluation.overlays import evaluation_figure, png_bytes
 from pipelines.evaluation.predictions_io import to_jsonl
@@ -48,6 +48,7 @@ from read_model.config import ConfigError
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # a key=value override, never a path
 MAX_LOGGED_PREDICTIONS_BYTES = 64 * 2**20  # larger JSONL files stay in storage only
+PROGRESS_EVERY = 8  # results between two progress reports
 
 
 class EvaluationError(RuntimeError):
@@ -160,8 +161,15 @@ def _baseline_batch(batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
     return _columns(results)
 
 
-def _collect(dataset: Any) -> list[QueryResult]:
-    return [QueryResult.from_row(row) for row in dataset.iter_rows()]
+def _collect(dataset: Any, total: int, note: str) -> list[QueryResult]:
+    """Every result row; the count goes to the workflow's progress bar when there is one."""
+    results = []
+    for row in dataset.iter_rows():
+        results.append(QueryResult.from_row(row))
+        if len(results) % PROGRESS_EVERY == 0:
+            progress.report(len(results), total=total, unit="queries", note=note)
+    progress.report(len(results), total=total, unit="queries", note=note)
+    return results
 
 
 # ---------------------------------------------------------------------------- driver
@@ -264,10 +272,13 @@ def evaluate(
             batch_format="numpy",
             **remote,
         )
-        results = _collect(scored)
+        progress.report(0, total=total_queries, unit="queries",
+                        note=f"starting {settings.num_actors} model replica(s)")
+        results = _collect(scored, total_queries, "scoring the model")
         summary = _record(client, run_id, name, version, results, output, settings.num_overlays)
         if with_baselines:
-            summary["baselines"] = _baselines(client, run_id, sources, settings.batch_size)
+            summary["baselines"] = _baselines(client, run_id, sources, settings.batch_size,
+                                              total_queries)
         if tag_version:
             pooled = {k: v for k, v in summary["metrics"].items() if "." not in k}
             record_version_metrics(client, name, version, pooled)
@@ -278,13 +289,15 @@ def evaluate(
     return {"run_id": run_id, "model_name": name, "model_version": version, **summary}
 
 
-def _baselines(client: Any, run_id: str, sources: list[Any], batch_size: int) -> dict[str, Any]:
+def _baselines(client: Any, run_id: str, sources: list[Any], batch_size: int,
+               total_queries: int) -> dict[str, Any]:
     """Score the empty-mask and whole-image baselines on the same shards; log them to the run."""
     from pipelines.baselines import BASELINES
     from pipelines.streaming import ray_dataset
 
     rows = _collect(ray_dataset(sources).map_batches(
-        _baseline_batch, batch_format="numpy", batch_size=batch_size, num_cpus=0.5))
+        _baseline_batch, batch_format="numpy", batch_size=batch_size, num_cpus=0.5),
+        len(BASELINES) * total_queries, "trivial baselines")
     out = {}
     for kind in BASELINES:
         table = score_results(r for r in rows if r.payload.get("baseline") == kind)

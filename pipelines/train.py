@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="run the start-up checks and exit without training")
     parser.add_argument("--no-register", action="store_true",
                         help="do not register the trained model in the MLflow registry")
+    parser.add_argument("--parent-run-id", default=None,
+                        help="MLflow run to nest the training run under (the workflow passes its own)")
     return parser.parse_args(argv)
 
 
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     ensure_ray(upload_working_dir=True)
     preflight.check_cluster_gpus(config, ray.cluster_resources())
-    run_id = _open_mlflow_run(config, tracking_uri, shard_sets)
+    run_id = _open_mlflow_run(config, tracking_uri, shard_sets, args.parent_run_id)
     try:
         result = _fit(config, tracking_uri, run_id)
         summary = _finish(config, tracking_uri, run_id, result, register=not args.no_register)
@@ -80,7 +82,7 @@ def storage_path(config: JobConfig) -> str:
 
 
 def _open_mlflow_run(config: JobConfig, tracking_uri: str,
-                     shard_sets: list[preflight.ShardSet]) -> str:
+                     shard_sets: list[preflight.ShardSet], parent_run_id: str | None) -> str:
     tags = {"git_commit": git_commit(), "ray_run_name": config.train.run_name,
             "storage_path": storage_path(config)}
     for shard_set in shard_sets:
@@ -88,7 +90,8 @@ def _open_mlflow_run(config: JobConfig, tracking_uri: str,
         tags[f"shards.{shard_set.entry}.num_samples"] = str(shard_set.num_samples)
     run_key = f"{storage_path(config)}/{config.train.run_name}"
     return start_or_resume_run(tracking_uri, config.mlflow.experiment, run_key,
-                               config.train.run_name, flatten(job_config_dict(config)), tags)
+                               config.train.run_name, flatten(job_config_dict(config)), tags,
+                               parent_run_id)
 
 
 def _fit(config: JobConfig, tracking_uri: str, run_id: str) -> Any:

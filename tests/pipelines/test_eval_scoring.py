@@ -13,6 +13,7 @@ from pipelines.evaluation.scoring import (
     flat_metrics,
     giou_ciou,
     score_results,
+    summary_markdown,
     table_rows,
     to_markdown,
 )
@@ -51,7 +52,11 @@ def test_planted_reasonseg_and_fp_groups():
     assert rs["ciou"] == pytest.approx(40 / 70, abs=1e-9)
     assert rs["short_giou"] == pytest.approx(0.75, abs=1e-6)
     assert rs["long_ciou"] == pytest.approx(10 / 30, abs=1e-9)
-    assert "see" not in rs
+    # See and Segment are defined on every group (all its queries), not only on FP datasets.
+    assert rs["see"] == 1.0 and rs["num_queries"] == 3
+    assert rs["segment_ciou"] == pytest.approx(40 / 70, abs=1e-9)
+    assert rs["true_premise_count"] == 3 and rs["false_premise_count"] == 0
+    assert rs["say_count"] == 0 and "say" not in rs
     fp = table[("fprefcoco", "val")]
     assert fp["see"] == pytest.approx(2 / 3)  # c/0/2 predicted a mask for a false premise
     assert fp["segment_ciou"] == pytest.approx(50 / 125, abs=1e-9)
@@ -61,6 +66,12 @@ def test_planted_reasonseg_and_fp_groups():
     assert fp["say_recall"] == pytest.approx((1.0 + 0.5) / 2)
     pooled = table[("all", "all")]
     assert pooled["num_queries"] == 6
+    # The pooled row is computed over exactly the queries of the rows above it.
+    assert pooled["see"] == pytest.approx((3 + 2) / 6)
+    assert pooled["segment_ciou"] == pytest.approx((30 + 10 + 50) / (40 + 20 + 10 + 100 + 25),
+                                                   abs=1e-9)
+    assert pooled["true_premise_count"] == 4 and pooled["false_premise_count"] == 2
+    assert pooled["giou"] == pytest.approx((30 / 40 + 10 / 20 + 0 + 50 / 100) / 4, abs=1e-6)
     flat = flat_metrics(score_results(results))
     assert flat["fprefcoco.val.see"] == pytest.approx(2 / 3)
     assert flat["giou"] == pooled["giou"]
@@ -138,8 +149,27 @@ def test_overlay_panels_points_and_heatmap():
 def test_table_rows_markdown():
     rows = table_rows(score_results([_r("a/0/0", i=1, u=2)]))
     md = to_markdown(rows)
-    assert md.splitlines()[0].startswith("| dataset | split | giou")
-    assert "| reason_seg | val | 50.00" in md
+    assert md.splitlines()[0].startswith(
+        "| dataset | split | num_queries | see | segment_ciou | true_premise_count | giou")
+    assert "| reason_seg | val | 1 | 100.00 | 50.00 | 1 | 50.00" in md
+
+
+def test_summary_table_shows_the_queries_behind_every_number():
+    results = [
+        _r("a/0/0", i=1, u=2),
+        _r("b/0/0", "fprefcoco", "val", i=3, u=4),
+        _r("b/0/1", "fprefcoco", "val", i=0, u=5, exists=False, pred=True, gt_sent="cat",
+           text="no dog, but a cat"),
+    ]
+    lines = summary_markdown(score_results(results)).splitlines()
+    assert lines[0] == "| data | queries | object present | gIoU | cIoU | See | Segment cIoU | Say |"
+    assert lines[2] == "| fprefcoco/val | 2 | 1 | 75.00 | 75.00 | 50.00 | 33.33 | 100.00 |"
+    assert lines[3] == "| reason_seg/val | 1 | 1 | 50.00 | 50.00 | 100.00 | 50.00 | n.a. |"
+    assert lines[4] == "| all | 3 | 2 | 62.50 | 66.67 | 66.67 | 36.36 | 100.00 |"
+    assert "See, Segment cIoU on all queries of the row" in lines[-1]
+    assert "all = the 2 rows above together" in lines[-1]
+    only_true = summary_markdown(score_results(results[:1]))
+    assert "Say" not in only_true.splitlines()[0]  # no false premise anywhere: no Say column
 
 
 # ------------------------------------------------------------------ the scorer with a real tiny model
