@@ -92,15 +92,42 @@ def log_pyfunc_model(model_dir: Path, run_id: str, *, tracking_uri: str | None =
     roots = {package: Path(importlib.import_module(package).__file__).resolve().parent
              for package in CODE_PACKAGES}
     with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
-        return mlflow.pyfunc.log_model(
+        # What `mlflow.pyfunc.log_model` does, plus the one switch it does not pass on.
+        return mlflow.models.Model.log(
+            artifact_path=None,
             name=MODEL_ARTIFACT_PATH,
+            flavor=_PyfuncFlavor,
+            flavor_name="python_function",
             python_model=str(MODEL_CODE),
             artifacts={CHECKPOINT_ARTIFACT: str(model_dir)},
             code_paths=[str(path) for path in roots.values()],
             signature=schema.signature(),
             input_example=schema.input_example(),
             pip_requirements=_pinned(SERVING_REQUIREMENTS),
+            validate_serving_input=is_self_contained(model_dir),
         )
+
+
+class _PyfuncFlavor:
+    """`mlflow.pyfunc` for `Model.log`: takes the `validate_serving_input` switch that
+    `Model.log` reads from its keyword arguments and `pyfunc.save_model` refuses."""
+
+    __name__ = "mlflow.pyfunc"
+
+    @staticmethod
+    def save_model(*, validate_serving_input: bool = True, **kwargs: Any) -> None:
+        del validate_serving_input  # Model.log acts on it after saving
+        mlflow.pyfunc.save_model(**kwargs)
+
+
+def is_self_contained(model_dir: Path) -> bool:
+    """True when the checkpoint holds every weight (the tiny preset), so answering the input
+    example at logging time is cheap. A 7B/13B checkpoint names base weights by path: loading
+    them into the training driver (often without a GPU) only to check the example is skipped."""
+    from read_model.checkpoint import CONFIG_FILE
+
+    config = json.loads((Path(model_dir) / CONFIG_FILE).read_text(encoding="utf-8"))
+    return not (config.get("llava", {}).get("path") or config.get("sam", {}).get("checkpoint"))
 
 
 def _pinned(packages: tuple[str, ...]) -> list[str]:

@@ -63,3 +63,22 @@ def test_unknown_model_is_a_clear_error(tmp_path, tracking_uri):
     with pytest.raises(RegistryError, match="models:/nope@candidate"):
         load_registered("models:/nope@candidate", tracking_uri=tracking_uri,
                         destination=tmp_path / "d")
+
+
+def test_only_self_contained_checkpoints_answer_the_input_example_at_logging(tmp_path):
+    """A 7B checkpoint names its base weights by path; logging must not load them in the driver."""
+    import json
+
+    from pipelines.registry import is_self_contained
+    from read_model.checkpoint import CONFIG_FILE
+
+    for name, llava_path, sam_checkpoint, expected in [
+        ("tiny", "", "", True),
+        ("llava", "/models/llava-1.5-7b-hf", "", False),
+        ("sam", "", "/models/sam_vit_h_4b8939.pth", False),
+    ]:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / CONFIG_FILE).write_text(json.dumps(
+            {"llava": {"path": llava_path}, "sam": {"checkpoint": sam_checkpoint}}))
+        assert is_self_contained(folder) is expected, name
