@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import yaml
 
+from pipelines.serving.config import ServeConfig
 from pipelines.submitted_job import refuse_relative_paths
 from read_model.config import ConfigError, ReadConfig, apply_overrides, from_dict, to_dict
 
@@ -118,6 +119,7 @@ class JobConfig:
     eval: EvalSettings = field(default_factory=EvalSettings)
     mlflow: MlflowSettings = field(default_factory=MlflowSettings)
     workflow: WorkflowSettings = field(default_factory=WorkflowSettings)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
 
 def load_job_config(path: str | Path | None, overrides: list[str] | None = None) -> JobConfig:
