@@ -8,6 +8,7 @@ and autoscaling bounds all come from the config's `serve:` section.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -91,5 +92,12 @@ def app_builder(args: dict[str, Any]) -> Any:
     if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
         raise ConfigError("application arg `overrides` must be a list of key=value strings")
     job = load_job_config(resolve_config_path(str(args["config"])), overrides)
-    tracking_uri = str(args.get("tracking_uri") or resolve_tracking_uri(job.mlflow))
-    return build_app(job, tracking_uri)
+    if not (args.get("tracking_uri") or job.mlflow.tracking_uri
+            or os.environ.get("MLFLOW_TRACKING_URI")):
+        # The local default (./mlruns) would resolve inside a Ray worker's folder, not yours.
+        raise ConfigError(
+            "no MLflow tracking URI for the served model: set MLFLOW_TRACKING_URI where Ray runs "
+            "(e.g. `MLFLOW_TRACKING_URI=sqlite:///$PWD/mlruns/mlflow.db ray start --head`), "
+            "or args.tracking_uri / an mlflow.tracking_uri override"
+        )
+    return build_app(job, str(args.get("tracking_uri") or resolve_tracking_uri(job.mlflow)))

@@ -378,7 +378,10 @@ def test_registry_references() -> None:
             RegistryReference.parse(bad)
 
 
-def test_app_builder_checks_its_args() -> None:
+def test_app_builder_checks_its_args(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(ConfigError, match="no MLflow tracking URI for the served model"):
+        app_builder({"config": "configs/tiny.yaml"})
     with pytest.raises(ConfigError, match="unknown application arg"):
         app_builder({"config": "configs/tiny.yaml", "replicas": 3})
     with pytest.raises(ConfigError, match="need `config`"):
