@@ -52,6 +52,7 @@ function showResult(body) {
   if (!body.heatmap) $("heatmap-toggle").checked = false;
   showPicture();
   $("result").hidden = false;
+  $("result").scrollIntoView({ block: "start" });  // below the form on a phone
 }
 
 async function ask(event) {
