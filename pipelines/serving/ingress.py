@@ -21,6 +21,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.serving.config import ServeConfig
 from pipelines.serving.figures import overlay_pictures
@@ -38,12 +39,19 @@ CONTENT_SECURITY_POLICY = (
     "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
 
-api = FastAPI(title="READ reasoning segmentation", docs_url=None, redoc_url=None)
-
 
 def error_response(status: int, reason: str) -> JSONResponse:
     line = " ".join(reason.split())[:MAX_REASON_CHARS]
     return JSONResponse({"error": line}, status_code=status)
+
+
+api = FastAPI(title="READ reasoning segmentation", docs_url=None, redoc_url=None)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    """Unknown paths and wrong methods answer in the API's error shape too."""
+    return error_response(error.status_code, f"{request.method} {request.url.path}: {error.detail}")
 
 
 def unavailable(error: BaseException) -> bool:
@@ -111,6 +119,8 @@ class ReadIngress:
                                                  HEALTH_TIMEOUT_S)
         except Exception as error:
             return error_response(503, f"model unavailable: {one_line(error)}")
+        if description["version"] is None:
+            return error_response(503, f"no model loaded: {description['unusable']}")
         return JSONResponse({"status": "ok", "version": description["version"]})
 
     @api.get("/")

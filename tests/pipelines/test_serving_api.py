@@ -198,6 +198,13 @@ def test_bad_requests_get_4xx_with_a_reason(served: Served, files, data, status:
     assert words in reason and "\n" not in reason
 
 
+def test_unknown_paths_and_methods_answer_in_the_error_shape(served: Served) -> None:
+    missing = requests.get(f"{served.url}/v1/nothing", timeout=TIMEOUT_S)
+    assert missing.status_code == 404 and missing.json()["error"] == "GET /v1/nothing: Not Found"
+    wrong = requests.get(f"{served.url}/v1/segment", timeout=TIMEOUT_S)
+    assert wrong.status_code == 405 and "Method Not Allowed" in wrong.json()["error"]
+
+
 def test_a_json_body_is_refused(served: Served) -> None:
     response = requests.post(f"{served.url}/v1/segment", json={"question": QUESTION},
                              timeout=TIMEOUT_S)
