@@ -8,7 +8,7 @@ cluster instead) and the config's MLflow store (`./mlruns` unless `MLFLOW_TRACKI
 `mlflow.tracking_uri` says otherwise). The registry reference is checked before Ray starts, so a
 model that was never registered or promoted is a one-line error. Ctrl-C (or SIGTERM) stops the
 application; the exit code is 0 after a clean stop, 2 for a config or registry error and 1 when
-the application failed to deploy.
+Ray could not start or the application failed to deploy.
 """
 
 from __future__ import annotations
@@ -55,9 +55,6 @@ def serve_until(job: Any, tracking_uri: str, stop: threading.Event) -> str:
     """Deploy, announce, block until `stop` is set, then remove the application."""
     from ray import serve
 
-    from pipelines.ray_runtime import ensure_ray
-
-    ensure_ray()
     settings = job.serve
     serve.start(http_options={"host": settings.host, "port": settings.port})
     serve.run(build_app(job, tracking_uri), name=APP_NAME, route_prefix="/")
@@ -71,6 +68,8 @@ def serve_until(job: Any, tracking_uri: str, stop: threading.Event) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipelines.ray_runtime import ensure_ray
+    from pipelines.serving.model_server import one_line
     from read_model.config import ConfigError
 
     try:
@@ -85,9 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     try:
+        ensure_ray()
+    except Exception as error:
+        print(f"error: could not start or join Ray: {one_line(error)}", file=sys.stderr)
+        return EXIT_DEPLOY
+    try:
         serve_until(job, tracking_uri, stop)
     except Exception as error:  # a replica that cannot start, a port in use, ...
-        print(f"error: the application did not deploy: {error}", file=sys.stderr)
+        print(f"error: the application did not deploy: {one_line(error)}", file=sys.stderr)
         return EXIT_DEPLOY
     finally:
         import ray

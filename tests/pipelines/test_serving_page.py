@@ -183,6 +183,10 @@ def test_page_shows_overlay_answer_see_and_version(page_app: PageApp, browser,
         "const i = document.getElementById('overlay'); return [i.naturalWidth, i.naturalHeight];")
     assert size == [160, 120]
 
+    # The answer was scrolled into view (it sits below the form on a phone).
+    _wait(browser, lambda d: d.execute_script(
+        "return window.scrollY > 0 && document.getElementById('result')"
+        ".getBoundingClientRect().top < window.innerHeight / 2;"), "result scrolled into view")
     # Phone width: nothing wider than the screen, the picture fits it.
     layout = browser.execute_script(
         "return [document.documentElement.scrollWidth, window.innerWidth,"

@@ -50,9 +50,11 @@ function showResult(body) {
   pictures = { overlay: body.overlay, heatmap: body.heatmap };
   $("heatmap-toggle").disabled = !body.heatmap;
   if (!body.heatmap) $("heatmap-toggle").checked = false;
+  // On a phone the result is below the form: bring it into view once its picture has a height.
+  $("overlay").addEventListener("load", () => $("result").scrollIntoView({ block: "start" }),
+                                { once: true });
   showPicture();
   $("result").hidden = false;
-  $("result").scrollIntoView({ block: "start" });  // below the form on a phone
 }
 
 async function ask(event) {
