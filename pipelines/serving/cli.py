@@ -69,7 +69,7 @@ def serve_until(job: Any, tracking_uri: str, stop: threading.Event) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from pipelines.ray_runtime import ensure_ray
-    from pipelines.serving.model_server import one_line
+    from pipelines.serving.errors import one_line
     from read_model.config import ConfigError
 
     try:

@@ -24,10 +24,9 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.serving.config import ServeConfig
+from pipelines.serving.errors import MAX_REASON_CHARS, ModelFailure, one_line
 from pipelines.serving.figures import overlay_pictures
-from pipelines.serving.model_server import MAX_REASON_CHARS, one_line
 from pipelines.serving.queries import RequestError, RequestLimits, read_segment_form
-from pipelines.serving.results import ModelFailure
 
 LOG = logging.getLogger("ray.serve")
 WEB_DIR = Path(__file__).resolve().parent / "web"

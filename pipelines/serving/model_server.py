@@ -28,24 +28,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import torch
 from ray import serve
 
 from pipelines.serving.config import ServeConfig
+from pipelines.serving.errors import ModelFailure, one_line
 from pipelines.serving.model_source import ServedModel
 from pipelines.serving.queries import SegmentQuery
-from pipelines.serving.results import ModelFailure, SegmentResult, result_from_prediction
+from pipelines.serving.results import SegmentResult, result_from_prediction
 
 LOG = logging.getLogger("ray.serve")
 HEALTH_CHECK_PERIOD_S = 10.0
 GRACEFUL_SHUTDOWN_TIMEOUT_S = 120.0  # a draining replica finishes its queued batches
-MAX_REASON_CHARS = 300
-
-
-def one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or "no detail"
-    return f"{type(error).__name__}: {text}"[:MAX_REASON_CHARS]
-
 
 @contextmanager
 def prompt_mode(model: Any, mode: str) -> Iterator[None]:
@@ -72,6 +65,8 @@ class ReadModelServer:
     """One model replica: the served version, batched prediction, the alias watcher."""
 
     def __init__(self, source: Any, settings: ServeConfig) -> None:
+        import torch  # here, not at module level: building the app needs no torch
+
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # replica logs
         self._source = source
         self._settings = settings
@@ -233,6 +228,8 @@ class ReadModelServer:
         with self._lock:
             release_first = self._device.type != "cpu"  # one version on the device at a time
             if release_first:
+                import torch
+
                 self._served = None
                 gc.collect()
                 torch.cuda.empty_cache()

@@ -13,8 +13,6 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.champion import CHAMPION_ALIAS
-
 REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 
 
@@ -50,6 +48,8 @@ class RegistryReference:
 
 def default_reference(registered_model: str) -> str:
     """What `read-serve` serves when `serve.model` is empty: the registered model's champion."""
+    from pipelines.champion import CHAMPION_ALIAS
+
     return f"models:/{registered_model}@{CHAMPION_ALIAS}"
 
 

@@ -19,10 +19,6 @@ SEE_ABSENT = "absent"
 HEATMAP_LEVELS = 255  # the similarity map travels as uint8
 
 
-class ModelFailure(RuntimeError):
-    """The model raised while answering; the API answers 500 and the replica keeps serving."""
-
-
 @dataclass
 class SegmentResult:
     """One answer: text, See, one RLE mask per generated [SEG], SasP points, model identity."""

@@ -23,6 +23,7 @@ from pipelines.serving.app import (
     model_deployment_options,
     model_reference,
 )
+from pipelines.serving.errors import ModelFailure
 from pipelines.serving.figures import display_size, overlay_pictures
 from pipelines.serving.model_server import ReadModelServer
 from pipelines.serving.model_source import (
@@ -39,7 +40,7 @@ from pipelines.serving.queries import (
     decode_image,
     query_from_fields,
 )
-from pipelines.serving.results import ModelFailure, result_from_prediction
+from pipelines.serving.results import result_from_prediction
 from read_model.config import ConfigError, TokenizerConfig
 from read_model.overlay import POSITIVE_COLOUR
 
