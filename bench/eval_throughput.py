@@ -4,7 +4,7 @@
                                     [--config configs/tiny.yaml] [--model-dir DIR] [--device cpu]
 
 Upstream generates one query at a time with ``use_cache=False``, so every decoding step re-runs
-the whole sequence, image tokens included (upstream-spec §9, §11.12). The project's
+the whole sequence, image tokens included (`READ:model/READ.py` evaluate). The project's
 ``ReadModel.predict`` batches queries (left padding) and decodes with the KV cache. Both paths
 here share everything else (preprocessing, the final forward pass, SasP, SAM) and generate the
 same number of tokens (EOS is suppressed), so the ratio isolates batching + caching. Both run in
@@ -79,14 +79,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from pipelines.config import load_job_config
+    from read_model.config import ConfigError
     from read_model.model import build_model
 
-    if args.model_dir:
-        from read_model.checkpoint import load_model_dir
+    try:
+        if args.model_dir:
+            from read_model.checkpoint import load_model_dir
 
-        model = load_model_dir(args.model_dir)[0]
-    else:
-        model = build_model(load_job_config(args.config).model)[0]
+            model = load_model_dir(args.model_dir)[0]  # validates the stored config first
+        else:
+            model = build_model(load_job_config(args.config).model)[0]
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     model = model.to(args.device).eval()
     images, questions = _inputs(args.queries, args.seed)
 

@@ -52,7 +52,7 @@ def synthetic_examples(batch_size: int, conversations: int, rng):
     return examples
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(REPO / "configs" / "read-7b.yaml"))
     parser.add_argument("--steps", type=int, default=10, help="timed steps after 2 warm-up steps")
@@ -60,7 +60,17 @@ def main() -> int:
     parser.add_argument("--conversations", type=int, default=3, help="turns per image (upstream: 3)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the GPU peak")
     parser.add_argument("overrides", nargs="*", help="config key=value overrides")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+
+    from pipelines.config import load_job_config
+    from read_model.config import ConfigError
+
+    try:  # the config is checked first, on any machine
+        config = load_job_config(args.config, ["model.llava.path=''", "model.sam.checkpoint=''",
+                                               "model.tokenizer.build_tiny=true", *args.overrides])
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
     import torch
 
@@ -71,14 +81,11 @@ def main() -> int:
     import numpy as np
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pipelines.config import load_job_config
     from pipelines.training.optim import build_optimizer, build_scheduler
     from read_model.batch import collate_train
     from read_model.llava import base_llava
     from read_model.model import build_model
 
-    config = load_job_config(args.config, ["model.llava.path=", "model.sam.checkpoint=",
-                                           "model.tokenizer.build_tiny=true", *args.overrides])
     device = torch.device("cuda")
     with device:
         model, tokenizer = build_model(config.model)
@@ -99,7 +106,7 @@ def main() -> int:
     def step() -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16):
             out = model(batch)
-        out["total"].backward()
+        out.losses.total.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
                                        config.train.grad_clip)
         optimizer.step()

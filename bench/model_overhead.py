@@ -32,10 +32,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from read_model.batch import ReadBatch, ReadExample, collate_train  # noqa: E402
-from read_model.config import ReadConfig, SamSettings  # noqa: E402
+from read_model.config import SAM_ENCODERS, ConfigError, ReadConfig  # noqa: E402
 from read_model.model import IGNORE_INDEX, ReadModel, build_model  # noqa: E402
 from read_model.presets import load_model_config  # noqa: E402
-from read_model.sam import OFFICIAL_ENCODERS  # noqa: E402
 from read_model.templates import FIXED_ANSWER, FIXED_LONG_QUESTION  # noqa: E402
 
 MODES = ("seg_only", "points_dtoc")
@@ -48,7 +47,7 @@ QUESTION = (
 )
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="read-7b", help="model preset giving the shapes")
@@ -72,12 +71,9 @@ def parse_args() -> argparse.Namespace:
         "--checkpointing", action="store_true", help="gradient checkpointing in the text model"
     )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
-    args = parser.parse_args()
-    preset = load_model_config(args.preset)
-    sam = preset.sam
-    sam_depth = (
-        OFFICIAL_ENCODERS[sam.variant].depth if sam.variant in OFFICIAL_ENCODERS else sam.tiny_depth
-    )
+    args = parser.parse_args(argv)
+    preset = load_model_config(args.preset)  # validated: a bad preset stops here
+    sam_depth = preset.sam.encoder.depth
     # Full depth on a GPU; one block each on a CPU so a run takes minutes, not hours.
     if args.text_layers is None:
         args.text_layers = preset.llava.text_layers if cuda else 1
@@ -96,11 +92,13 @@ def parse_args() -> argparse.Namespace:
 def bench_config(args: argparse.Namespace) -> ReadConfig:
     """The preset's shapes with random weights, an offline tokenizer and the chosen depths.
 
-    SAM is built through the "tiny" builder with the official encoder's widths, window and
-    global-attention blocks, so any depth up to the official one keeps the real per-block cost.
+    SAM keeps the official encoder's widths, window and global-attention blocks (ViT-H for a
+    non-official preset encoder) at `--sam-depth` blocks, so any depth up to the official one
+    keeps the real per-block cost.
     """
     preset = load_model_config(args.preset)
-    official = OFFICIAL_ENCODERS["vit_h" if preset.sam.variant == "tiny" else preset.sam.variant]
+    official = preset.sam.encoder if preset.sam.encoder.preset_name in (
+        "vit_h", "vit_l", "vit_b") else SAM_ENCODERS["vit_h"]
     llava = dataclasses.replace(
         preset.llava,
         path="",
@@ -110,23 +108,16 @@ def bench_config(args: argparse.Namespace) -> ReadConfig:
         torch_dtype="bfloat16" if args.dtype == "bf16" else "float32",
         gradient_checkpointing=args.checkpointing,
     )
-    sam = dataclasses.replace(
-        SamSettings(),
-        checkpoint="",
-        variant="tiny",
-        image_size=preset.sam.image_size,
-        tiny_embed_dim=official.embed_dim,
-        tiny_depth=args.sam_depth,
-        tiny_heads=official.num_heads,
-        tiny_patch_size=official.patch_size,
-        tiny_window_size=official.window_size,
-        tiny_global_attn_indexes=tuple(
-            i for i in official.global_attn_indexes if i < args.sam_depth
-        ),
-        prompt_embed_dim=preset.sam.prompt_embed_dim,
+    encoder = dataclasses.replace(
+        official,
+        depth=args.sam_depth,
+        global_attn_indexes=tuple(i for i in official.global_attn_indexes if i < args.sam_depth),
     )
+    sam = dataclasses.replace(preset.sam, checkpoint="", encoder=encoder)
     tokenizer = dataclasses.replace(preset.tokenizer, build_tiny=True, path="")
-    return dataclasses.replace(preset, llava=llava, sam=sam, tokenizer=tokenizer)
+    config = dataclasses.replace(preset, llava=llava, sam=sam, tokenizer=tokenizer)
+    config.validate()
+    return config
 
 
 def synthetic_batch(model: ReadModel, tokenizer: Any, args: argparse.Namespace) -> ReadBatch:
@@ -177,7 +168,7 @@ def training_step(
         with autocast:
             out = model(batch)
         if backward:
-            out["total"].backward()
+            out.losses.total.backward()
 
     return step
 
@@ -234,12 +225,16 @@ def describe(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def main() -> int:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+        config = bench_config(args)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    config = bench_config(args)
     build_start = time.perf_counter()
     with device:
         model, tokenizer = build_model(config)

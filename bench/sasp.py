@@ -1,6 +1,6 @@
 """Batched SasP + DtoC against a straightforward per-point, full-resolution implementation.
 
-The baseline follows upstream's published algorithm step by step (upstream-spec §4-§5): one row
+The baseline follows upstream's published algorithm step by step (`READ:model/READ.py`): one row
 at a time, the full H×W similarity map, Python loops with ``.item()`` over selected cells, and one
 Gaussian × softmax weight map of H×W per point. Both run on the same inputs, forward only (the
 baseline's autograd graph would hold 30 points × several H×W maps per row, tens of GB here).
@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-from read_model.config import SasPConfig
+from read_model.config import ConfigError, LlavaConfig, ReadConfig, SasPConfig, TokenizerConfig
 from read_model.sasp import SasP
 
 
-def baseline_row(similarity: torch.Tensor, height: int, width: int, cfg: SasPConfig) -> tuple:
+def baseline_row(
+    similarity: torch.Tensor, height: int, width: int, cfg: SasPConfig, crop: int
+) -> tuple:
     """Upstream-style SasP + DtoC for one row: returns (points [K,2], labels [K], coords [K,2])."""
     side = int(similarity.numel() ** 0.5)
-    crop = cfg.clip_image_size
     # Step 2: the full-resolution map M used by DtoC.
     norm = (similarity - similarity.min()) / (similarity.max() - similarity.min())
     frame = F.interpolate(norm.view(1, 1, side, side).float(), size=(crop, crop), mode="bilinear")
@@ -90,7 +92,7 @@ def timed(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), result
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--sizes", nargs="+", default=["768x1024", "1536x2048"], help="image sizes as HxW"
@@ -98,6 +100,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--points", type=int, default=30)
     parser.add_argument("--grid", type=int, default=24)
+    parser.add_argument("--crop", type=int, default=LlavaConfig().vision_image_size,
+                        help="CLIP crop side the grid covers (LLaVA-1.5: 336)")
     parser.add_argument("--repeats", type=int, default=5, help="runs of the batched version")
     parser.add_argument("--baseline-repeats", type=int, default=1)
     parser.add_argument("--device", default="cpu")
@@ -108,15 +112,24 @@ def main() -> None:
         default=1,
         help="CPU threads for both (1 is stable on a shared machine)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.grid < 1 or args.crop % args.grid:
+        parser.error("--crop must be a multiple of --grid (the CLIP patch size)")
+    cfg = SasPConfig(num_points=args.points)
+    vision = LlavaConfig(vision_image_size=args.crop, vision_patch_size=args.crop // args.grid)
+    prompts = TokenizerConfig(model_max_length=args.grid**2 + 1)  # no text here: any grid fits
+    try:
+        ReadConfig(llava=vision, sasp=cfg, tokenizer=prompts).validate()
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
-    cfg = SasPConfig(num_points=args.points)
-    sasp = SasP(cfg)
+    sasp = SasP(cfg, clip_image_size=args.crop)
     print(
         f"SasP+DtoC bench: B={args.batch}, {args.points} points, grid {args.grid}x{args.grid}, "
-        f"crop {cfg.clip_image_size}, window radius {cfg.dtoc_window_radius}, "
+        f"crop {args.crop}, window radius {cfg.dtoc_window_radius}, "
         f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, "
         "float32, forward only"
     )
@@ -133,7 +146,7 @@ def main() -> None:
             return out
 
         def baseline(similarity=similarity, height=height, width=width):
-            return [baseline_row(row.cpu(), height, width, cfg) for row in similarity]
+            return [baseline_row(row.cpu(), height, width, cfg, args.crop) for row in similarity]
 
         with torch.no_grad():
             batched()  # warm-up
@@ -152,7 +165,8 @@ def main() -> None:
             f"speed-up {slow_time / fast_time:.0f}x | max |coord diff| {difference:.2e} px | "
             f"points identical {same_points} | labels identical {same_labels}"
         )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -25,13 +25,24 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=240)
     parser.add_argument("--steps", type=int, default=None, help="default: the preset's")
     parser.add_argument("--workdir", default=None, help="keep shards, runs and MLflow here")
     parser.add_argument("overrides", nargs="*", help="extra key=value config overrides")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+
+    from pipelines.config import load_job_config
+    from read_model.config import ConfigError
+
+    config_path = REPO / "configs" / "tiny.yaml"
+    steps = [f"train.max_steps={args.steps}"] if args.steps else []
+    try:  # before any data is generated
+        load_job_config(config_path, [*steps, *args.overrides])
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
     from synthetic_shards import synthetic_shards
 
@@ -41,12 +52,9 @@ def main() -> int:
     counts = synthetic_shards(workdir, images=args.images)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
     overrides = [f"data.shards={workdir / 'shards'}", "data.val=[reason_seg/val, refcoco/val]",
-                 f"train.storage_path={workdir / 'ray'}", "train.run_name=learning"]
-    if args.steps:
-        overrides.append(f"train.max_steps={args.steps}")
+                 f"train.storage_path={workdir / 'ray'}", "train.run_name=learning", *steps]
     started = time.perf_counter()
-    summary = train(["--config", str(REPO / "configs" / "tiny.yaml"), *overrides,
-                     *args.overrides])
+    summary = train(["--config", str(config_path), *overrides, *args.overrides])
     minutes = (time.perf_counter() - started) / 60
     metrics = summary["metrics"]
     print(f"shards: {json.dumps(counts)}")
@@ -54,7 +62,7 @@ def main() -> int:
     print(f"held-out val, {int(metrics['val/count'])} queries   gIoU (present)   gIoU (all)")
     print(f"  tiny READ (trained)        {metrics['val/giou_present']:14.3f} "
           f"{metrics['val/giou']:12.3f}")
-    for who, label in (("empty", "empty mask"), ("full", "whole-image mask")):
+    for who, label in (("empty_mask", "empty mask"), ("whole_image", "whole-image mask")):
         print(f"  baseline: {label:<16} {metrics[f'val/baseline_{who}_giou_present']:14.3f} "
               f"{metrics[f'val/baseline_{who}_giou']:12.3f}")
     return 0

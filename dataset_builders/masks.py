@@ -22,24 +22,32 @@ IGNORE_LABEL_MARK = "ignore"  # a label containing this paints MASK_IGNORE
 NO_TARGET_ANN_ID = -1  # gRefCOCO-style ann_id lists use -1 for "no object"
 
 
-def _int_polygon(points: Sequence[Sequence[float]]) -> np.ndarray:
-    """Points as int32 [N, 1, 2]; the cast truncates toward zero, as upstream's does."""
-    return np.asarray(points, dtype=np.float64).astype(np.int32).reshape(-1, 1, 2)
+def upstream_polygon(points: Sequence[Sequence[float]]) -> np.ndarray:
+    """``np.array([points], dtype=np.int32)``: upstream's very cast (truncation toward zero),
+    which raises where upstream's loader raises (`READ:dataloaders/data_processing.py`)."""
+    return np.array([points], dtype=np.int32)
 
 
 def _paint(canvas: np.ndarray, polygon: np.ndarray, value: int) -> None:
-    cv2.polylines(canvas, [polygon], isClosed=True, color=value, thickness=1)
-    cv2.fillPoly(canvas, [polygon], color=value)
+    cv2.polylines(canvas, polygon, True, value, 1)
+    cv2.fillPoly(canvas, polygon, value)
+
+
+def paint_order(areas: Sequence[int]) -> np.ndarray:
+    """Upstream's painting order: ``np.argsort(areas)[::-1]`` on its uint64 pixel counts, so
+    equal areas come in whatever order numpy's default sort leaves them (reversed)."""
+    return np.argsort(np.asarray(areas, dtype=np.uint64))[::-1]
 
 
 def rasterize_labelme(shapes: Sequence[Mapping[str, Any]], height: int, width: int) -> np.ndarray:
     """ReasonSeg mask (uint8 [H, W] in {0, 1, 255}) from labelme shapes, upstream-exact.
 
     Shapes labelled "flag" are dropped; the rest are painted largest area first (area measured by
-    rasterising each polygon alone), so smaller polygons overwrite larger ones.
+    rasterising each polygon alone), so smaller polygons overwrite larger ones. Any polygon cv2
+    draws is drawn, 2-point lines and points past the image edge included.
     """
     kept = [s for s in shapes if str(s["label"]).lower() != DEPRECATED_LABEL]
-    polygons = [_int_polygon(s["points"]) for s in kept]
+    polygons = [upstream_polygon(s["points"]) for s in kept]
     values = [
         MASK_IGNORE if IGNORE_LABEL_MARK in str(s["label"]).lower() else MASK_OBJECT for s in kept
     ]
@@ -49,9 +57,8 @@ def rasterize_labelme(shapes: Sequence[Mapping[str, Any]], height: int, width: i
         scratch.fill(0)
         _paint(scratch, polygon, 1)
         areas.append(int(np.count_nonzero(scratch)))
-    order = sorted(range(len(polygons)), key=lambda i: -areas[i])  # stable: ties keep file order
     mask = np.zeros((height, width), dtype=np.uint8)
-    for i in order:
+    for i in paint_order(areas):
         _paint(mask, polygons[i], values[i])
     return mask
 

@@ -3,7 +3,8 @@
 `refer_seg/<dataset>/refs(<splitBy>).p` (a pickle of plain ref dicts, loaded with the restricted
 unpickler) plus `instances.json` (COCO). One Sample per image of the split, as upstream's
 evaluation sees it: a Target per ref (mask from its ann_id) and a Query per sentence. Problems
-with the dataset files themselves raise; problems with single records are quarantined.
+with the dataset files themselves raise; a record upstream's loader would fail on is
+quarantined; anything else unusual is kept with a `WarningEntry` (dataset_builders.validation).
 """
 
 from __future__ import annotations
@@ -17,22 +18,31 @@ from typing import Any
 
 from dataset_builders.masks import NO_TARGET_ANN_ID, union_of_annotations
 from dataset_builders.safe_pickle import load_plain
-from dataset_builders.sample import QuarantineEntry, Query, Sample, Target, make_key
+from dataset_builders.sample import (
+    QuarantineEntry,
+    Query,
+    Sample,
+    Target,
+    WarningEntry,
+    make_key,
+)
 from dataset_builders.validation import (
     DEFAULT_VALIDATION,
-    ValidationSettings,
+    ValidationConfig,
     check_coco_segmentation,
     check_image,
     check_size,
     check_text,
     check_true_premise_mask,
+    coco_segmentation_warnings,
 )
 
 REFER_ROOT = Path("refer_seg")
 COCO_IMAGE_DIR = REFER_ROOT / "images" / "mscoco" / "images" / "train2014"
 CLEF_IMAGE_DIR = REFER_ROOT / "images" / "saiapr_tc-12"
 
-# The splitBy READ/SESAME open per dataset (upstream-spec §1b), then the classic REFER names.
+# The splitBy READ/SESAME open per dataset (`READ:dataloaders/refer_seg_dataset.py`
+# determine_split_by), then the classic REFER names.
 DEFAULT_SPLIT_BY: dict[str, tuple[str, ...]] = {
     "refclef": ("unc", "berkeley"),
     "refcoco": ("unc_exclude_unified", "unc", "google"),
@@ -45,7 +55,8 @@ DEFAULT_SPLIT_BY: dict[str, tuple[str, ...]] = {
     "fprefcoco+": ("berkeley_exclude_unified",),
     "fprefcocog": ("berkeley_exclude_unified",),
 }
-LETTER_TEST_SPLITS = ("testA", "testB", "testC")  # REFER matches these by their last letter
+LETTER_TEST_SPLITS = ("testA", "testB", "testC")
+UPSTREAM_ORDER_KEY = "upstream_order"  # Sample.source: the image's place in upstream's walk  # REFER matches these by their last letter
 
 
 class ReferFormatError(ValueError):
@@ -81,6 +92,12 @@ def split_matches(wanted: str, ref_split: str) -> bool:
     return ref_split == wanted
 
 
+def upstream_image_order(image_ids_in_ref_order: list[int]) -> list[int]:
+    """The order upstream's evaluation walks images: `READ:dataloaders/refer.py` getImgIds
+    returns ``list(set(image ids of the split's refs))``, so CPython's set order decides."""
+    return list(set(image_ids_in_ref_order))
+
+
 def image_folder(root: str | Path, dataset: str) -> Path:
     return Path(root) / (CLEF_IMAGE_DIR if dataset == "refclef" else COCO_IMAGE_DIR)
 
@@ -109,7 +126,7 @@ def iter_refer(
     dataset: str,
     split: str,
     split_by: str | None = None,
-    settings: ValidationSettings = DEFAULT_VALIDATION,
+    settings: ValidationConfig = DEFAULT_VALIDATION,
 ) -> Iterator[Sample | QuarantineEntry]:
     """Samples of one REFER dataset split, one per image, in image-id order."""
     ref_file = refs_path(root, dataset, split_by)
@@ -117,16 +134,22 @@ def iter_refer(
     refs = _load_refs(ref_file)
     images, segmentations = _load_instances(instances_file)
     by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    in_ref_order: list[int] = []
     for position, ref in enumerate(refs):
         if not isinstance(ref, dict) or "image_id" not in ref or "split" not in ref:
             yield QuarantineEntry(str(ref_file), f"ref#{position}", "ref lacks image_id or split")
             continue
         if split_matches(split, str(ref["split"])):
             by_image[int(ref["image_id"])].append(ref)
+            in_ref_order.append(int(ref["image_id"]))
+    # Upstream's evaluation walks the images in REFER.getImgIds order and draws its prompt
+    # templates in that order (read_model.template_draws); record each image's place in it.
+    upstream_order = {image_id: i for i, image_id in enumerate(upstream_image_order(in_ref_order))}
     folder = image_folder(root, dataset)
     context = _Context(dataset, split, ref_file, instances_file, folder, segmentations, settings)
     for image_id in sorted(by_image):
-        yield from _image_sample(context, image_id, images.get(image_id), by_image[image_id])
+        yield from _image_sample(context, image_id, images.get(image_id), by_image[image_id],
+                                 upstream_order[image_id])
 
 
 @dataclass(frozen=True)
@@ -139,11 +162,15 @@ class _Context:
     instances_file: Path
     image_folder: Path
     segmentations: Mapping[int, Any]
-    settings: ValidationSettings
+    settings: ValidationConfig
 
 
 def _image_sample(
-    ctx: _Context, image_id: int, image_info: dict | None, refs: list[dict[str, Any]]
+    ctx: _Context,
+    image_id: int,
+    image_info: dict | None,
+    refs: list[dict[str, Any]],
+    upstream_position: int,
 ) -> Iterator[Sample | QuarantineEntry]:
     ref_ids = ",".join(str(r.get("ref_id")) for r in refs)
     record = f"image {image_id} (refs {ref_ids})"
@@ -156,21 +183,25 @@ def _image_sample(
         return
     image_bytes = image_path.read_bytes()
     size, reason = check_image(image_bytes)
-    if reason is None:
+    if reason is None:  # masks are drawn at instances.json's size, so the image must have it
         reason = check_size(size, (int(image_info["width"]), int(image_info["height"])))
     if reason:
         yield QuarantineEntry(str(image_path), record, reason)
         return
     width, height = size
     targets = []
+    warnings: list[str] = []
     for ref in refs:
-        target, reason = _target(ctx, ref, width, height)
+        target, reason = _target(ctx, ref, width, height, warnings)
         if reason:
             yield QuarantineEntry(str(ctx.ref_file), f"ref {ref.get('ref_id')}", reason)
-        else:
+        elif target is not None:
             targets.append(target)
-    if not targets:
-        return  # every ref of this image was quarantined above, each with its reason
+    if not targets:  # every ref was quarantined above (with its reason) or has no sentence
+        if warnings:
+            yield QuarantineEntry(str(ctx.ref_file), record,
+                                  "no ref with a sentence: " + "; ".join(warnings[:3]))
+        return
     yield Sample(
         key=make_key(ctx.dataset, ctx.split, str(image_id)),
         dataset=ctx.dataset,
@@ -184,7 +215,9 @@ def _image_sample(
             "annotation": str(ctx.ref_file),
             "instances": str(ctx.instances_file),
             "image_id": str(image_id),
+            UPSTREAM_ORDER_KEY: str(upstream_position),
         },
+        warnings=[WarningEntry(str(ctx.ref_file), record, w) for w in warnings],
     )
 
 
@@ -198,8 +231,10 @@ def sentence_exists(sentence: Mapping[str, Any]) -> bool:
 
 
 def _target(
-    ctx: _Context, ref: dict[str, Any], width: int, height: int
+    ctx: _Context, ref: dict[str, Any], width: int, height: int, warnings: list[str]
 ) -> tuple[Target | None, str | None]:
+    """The ref's target, or why upstream would fail on it; unusual details go to `warnings`."""
+    where = f"ref {ref.get('ref_id')}"
     ann_ids = ref.get("ann_id")
     ids = ann_ids if isinstance(ann_ids, list) else [ann_ids]
     for ann_id in ids:
@@ -207,15 +242,20 @@ def _target(
             continue
         if ann_id not in ctx.segmentations:
             return None, f"ann_id {ann_id!r} not in instances.json"
-        reason = check_coco_segmentation(ctx.segmentations[ann_id], width, height, ctx.settings)
+        segmentation = ctx.segmentations[ann_id]
+        reason = check_coco_segmentation(segmentation, width, height)
         if reason:
             return None, f"ann {ann_id}: {reason}"
+        warnings += [f"{where}, ann {ann_id}: {w}"
+                     for w in coco_segmentation_warnings(segmentation, width, height, ctx.settings)]
     queries = []
     for position, sentence in enumerate(ref.get("sentences") or []):
         text = sentence.get("sent") if isinstance(sentence, dict) else None
+        if not isinstance(text, str):
+            return None, f"sentence {position}: query text is not a string: {text!r}"
         reason = check_text(text)
         if reason:
-            return None, f"sentence {position}: {reason}"
+            warnings.append(f"{where}, sentence {position}: {reason}")
         queries.append(
             Query(
                 text=text,
@@ -226,10 +266,11 @@ def _target(
             )
         )
     if not queries:
-        return None, "ref has no sentences"
+        warnings.append(f"{where}: ref has no sentences (nothing to train or score on)")
+        return None, None
     mask = union_of_annotations(ids, ctx.segmentations, height, width)
     if any(q.exists for q in queries):
         reason = check_true_premise_mask(mask)
         if reason:
-            return None, reason
+            warnings.append(f"{where}: {reason} (kept: upstream trains and scores it as it is)")
     return Target(mask=mask, queries=queries, target_id=str(ref.get("ref_id"))), None

@@ -53,6 +53,8 @@ class Sample:
     height: int
     targets: list[Target]
     source: dict[str, str] = field(default_factory=dict)
+    # Unusual things upstream accepts and this record keeps (not stored in shards).
+    warnings: list[WarningEntry] = field(default_factory=list)
 
     @property
     def num_queries(self) -> int:
@@ -62,6 +64,15 @@ class Sample:
 @dataclass(frozen=True)
 class QuarantineEntry:
     """A record that was rejected, with where it came from and why (never silently dropped)."""
+
+    source: str
+    record_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class WarningEntry:
+    """A record kept as upstream keeps it, with something unusual about it (never silent)."""
 
     source: str
     record_id: str

@@ -1,8 +1,16 @@
 """Per-record checks that turn bad input into a reason string instead of a crash.
 
-Each check returns None when the record is fine and a short human-readable reason otherwise;
-readers wrap the reason in a `QuarantineEntry`, so a single corrupt file never stops a build and
-is never lost silently. `BuildReport` tallies what came out of a reader.
+Two kinds, so readers keep every record upstream keeps (docs/fidelity.md, "Records"):
+
+* errors (`check_*`, `*_error`): what upstream's loaders would fail on (undecodable image or
+  JSON, missing keys, points that `np.array([points], dtype=np.int32)` or cv2 refuse, COCO
+  segmentations pycocotools cannot decode). Readers wrap them in a `QuarantineEntry`;
+* warnings (`*_warnings`): what upstream accepts and this project keeps as upstream does, but a
+  user should know about (2-point polygons drawn as lines, polygons past the image edge, a JSON
+  size that differs from the decoded image, an empty true-premise mask). Readers attach them to
+  the sample as `WarningEntry`s; `BuildReport` counts them apart from the quarantine.
+
+Images are measured as `cv2.imread` decodes them: with the EXIF orientation applied.
 """
 
 from __future__ import annotations
@@ -17,20 +25,22 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dataset_builders.sample import MASK_OBJECT, QuarantineEntry, Sample
+from dataset_builders.images import oriented_size
+from dataset_builders.sample import MASK_OBJECT, QuarantineEntry, Sample, WarningEntry
 
 
 @dataclass(frozen=True)
-class ValidationSettings:
+class ValidationConfig:
     """Tolerances of the record checks."""
 
     # labelme / COCO polygons may sit a hair outside the canvas after annotation tools snap to
-    # pixel edges; further out than this (in pixels) means the polygon belongs to another image.
+    # pixel edges; further out than this (in pixels) earns the record a warning (upstream clips
+    # the polygon and keeps the record, and so does this project).
     polygon_tolerance_px: float = 2.0
-    min_polygon_points: int = 3
+    min_polygon_points: int = 3  # fewer earns a warning: cv2 draws the shape as a line/point
 
 
-DEFAULT_VALIDATION = ValidationSettings()
+DEFAULT_VALIDATION = ValidationConfig()
 
 
 def decode_json_text(data: bytes) -> tuple[str | None, str | None]:
@@ -57,11 +67,14 @@ def parse_json(data: bytes) -> tuple[Any, str | None]:
 
 
 def check_image(data: bytes) -> tuple[tuple[int, int] | None, str | None]:
-    """((width, height), None) when the bytes decode fully as an image, else (None, reason)."""
+    """((width, height), None) when the bytes decode fully as an image, else (None, reason).
+
+    The size is the EXIF-oriented one, as `cv2.imread` returns the image upstream reads.
+    """
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()  # a full decode: truncated or corrupt data fails here, not at open
-            return image.size, None
+            return oriented_size(image), None
     except Exception as err:  # PIL raises many types for bad data; all mean "undecodable"
         return None, f"image does not decode: {type(err).__name__}: {err}"
 
@@ -76,50 +89,50 @@ def check_size(actual: tuple[int, int], declared: tuple[int, int]) -> str | None
     return None
 
 
-def check_polygon(
-    points: Any,
-    width: int,
-    height: int,
-    settings: ValidationSettings = DEFAULT_VALIDATION,
-) -> str | None:
-    """Points [[x, y], ...]: enough vertices, finite, inside the image up to the tolerance."""
+def polygon_cast_error(points: Any) -> str | None:
+    """Why upstream's ``np.array([points], dtype=np.int32)`` + cv2 drawing would fail, or None."""
     try:
-        array = np.asarray(points, dtype=np.float64)
-    except (TypeError, ValueError):
-        return "polygon points are not numbers"
-    if array.ndim != 2 or array.shape[1] != 2:
-        return f"polygon points have shape {array.shape}, expected [N, 2]"
-    if array.shape[0] < settings.min_polygon_points:
-        return f"polygon has {array.shape[0]} points, at least {settings.min_polygon_points} needed"
-    if not np.isfinite(array).all():
-        return "polygon has non-finite coordinates"
-    tol = settings.polygon_tolerance_px
-    low = array.min(axis=0)
-    high = array.max(axis=0)
-    if low[0] < -tol or low[1] < -tol or high[0] > width + tol or high[1] > height + tol:
-        return (
-            f"polygon spans x {low[0]:.1f}..{high[0]:.1f}, y {low[1]:.1f}..{high[1]:.1f}, "
-            f"outside the {width}x{height} image"
-        )
+        polygon = np.array([points], dtype=np.int32)
+    except (TypeError, ValueError, OverflowError) as err:
+        return f"polygon points cannot be cast to int32 as upstream casts them: {err}"
+    if polygon.ndim != 3 or polygon.shape[1] == 0 or polygon.shape[2] != 2:
+        return f"polygon points have shape {polygon.shape[1:]}, expected [N, 2] with N >= 1"
     return None
 
 
-def check_coco_segmentation(
-    segmentation: Any,
+def polygon_warnings(
+    points: Any,
     width: int,
     height: int,
-    settings: ValidationSettings = DEFAULT_VALIDATION,
-) -> str | None:
-    """A COCO polygon list (flat x, y lists) or RLE dict(s) that fit this image."""
+    settings: ValidationConfig = DEFAULT_VALIDATION,
+) -> list[str]:
+    """Unusual but drawable polygon points [[x, y], ...] (call after `polygon_cast_error`)."""
+    array = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    warnings = []
+    if array.shape[0] < settings.min_polygon_points:
+        warnings.append(f"polygon has {array.shape[0]} points; drawn as upstream draws it "
+                        "(a line or a point)")
+    tol = settings.polygon_tolerance_px
+    low, high = array.min(axis=0), array.max(axis=0)
+    if low[0] < -tol or low[1] < -tol or high[0] > width + tol or high[1] > height + tol:
+        warnings.append(
+            f"polygon spans x {low[0]:.1f}..{high[0]:.1f}, y {low[1]:.1f}..{high[1]:.1f}, "
+            f"outside the {width}x{height} image; clipped as upstream clips it"
+        )
+    return warnings
+
+
+def check_coco_segmentation(segmentation: Any, width: int, height: int) -> str | None:
+    """Why pycocotools (upstream's decoder) cannot give this image a mask from it, or None."""
     if not segmentation:
         return None  # upstream reads an empty segmentation as an empty mask
     if isinstance(segmentation, list) and isinstance(segmentation[0], list):
-        for part in segmentation:
-            if len(part) % 2:
-                return f"polygon has an odd number of coordinates ({len(part)})"
-            reason = check_polygon(np.reshape(part, (-1, 2)), width, height, settings)
-            if reason:
-                return reason
+        from dataset_builders.masks import decode_coco_segmentation
+
+        try:
+            decode_coco_segmentation(segmentation, height, width)
+        except Exception as err:  # pycocotools raises bare Exceptions and TypeErrors
+            return f"pycocotools cannot decode the polygons: {type(err).__name__}: {err}"
         return None
     parts = segmentation if isinstance(segmentation, list) else [segmentation]
     for part in parts:
@@ -130,6 +143,25 @@ def check_coco_segmentation(
     return None
 
 
+def coco_segmentation_warnings(
+    segmentation: Any,
+    width: int,
+    height: int,
+    settings: ValidationConfig = DEFAULT_VALIDATION,
+) -> list[str]:
+    """Unusual but decodable COCO polygons (few points, odd coordinate counts, past the edge)."""
+    if not (isinstance(segmentation, list) and segmentation and isinstance(segmentation[0], list)):
+        return []
+    warnings = []
+    for part in segmentation:
+        if len(part) % 2:
+            warnings.append(f"polygon has an odd number of coordinates ({len(part)})")
+        coords = np.asarray(part[: len(part) // 2 * 2], dtype=np.float64).reshape(-1, 2)
+        if len(coords):
+            warnings += polygon_warnings(coords, width, height, settings)
+    return warnings
+
+
 def check_text(text: Any) -> str | None:
     if not isinstance(text, str) or not text.strip():
         return f"query text is empty or not a string: {text!r}"
@@ -137,7 +169,8 @@ def check_text(text: Any) -> str | None:
 
 
 def check_true_premise_mask(mask: np.ndarray) -> str | None:
-    """A query that claims its object exists needs at least one object pixel."""
+    """A warning when a query that claims its object exists has no object pixel (upstream
+    trains and scores it as it is: an empty target)."""
     if not np.any(mask == MASK_OBJECT):
         return "true-premise target has an empty mask"
     return None
@@ -145,12 +178,14 @@ def check_true_premise_mask(mask: np.ndarray) -> str | None:
 
 @dataclass
 class BuildReport:
-    """Counts of what a reader delivered and everything it quarantined, with reasons."""
+    """Counts of what a reader delivered, everything it quarantined and every warning it
+    attached to a kept record, with reasons (two separate lists)."""
 
     num_samples: int = 0
     num_targets: int = 0
     num_queries: int = 0
     quarantine: list[QuarantineEntry] = field(default_factory=list)
+    warnings: list[WarningEntry] = field(default_factory=list)
 
     def add(self, item: Sample | QuarantineEntry) -> None:
         if isinstance(item, QuarantineEntry):
@@ -159,6 +194,7 @@ class BuildReport:
         self.num_samples += 1
         self.num_targets += len(item.targets)
         self.num_queries += item.num_queries
+        self.warnings.extend(item.warnings)
 
     def add_all(self, items: Iterable[Sample | QuarantineEntry]) -> list[Sample]:
         """Tally every item and return the samples, in order."""
@@ -173,6 +209,10 @@ class BuildReport:
         """Quarantine reasons grouped by their first words (before any ':')."""
         return dict(Counter(entry.reason.split(":")[0] for entry in self.quarantine))
 
+    def warning_counts(self) -> dict[str, int]:
+        """Warning reasons grouped by their first words (before any ';' or ':')."""
+        return dict(Counter(e.reason.split(";")[0].split(":")[0] for e in self.warnings))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "num_samples": self.num_samples,
@@ -182,5 +222,10 @@ class BuildReport:
             "quarantine": [
                 {"source": e.source, "record_id": e.record_id, "reason": e.reason}
                 for e in self.quarantine
+            ],
+            "num_warnings": len(self.warnings),
+            "warnings": [
+                {"source": e.source, "record_id": e.record_id, "reason": e.reason}
+                for e in self.warnings
             ],
         }

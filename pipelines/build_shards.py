@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -45,6 +46,8 @@ from pipelines.shard_format import (
     shard_name,
     tar_bytes,
 )
+from pipelines.submitted_job import refuse_relative_paths
+from read_model.config import ConfigError
 
 DEFAULT_SPLITS: dict[str, tuple[str, ...]] = {
     "reason_seg": ("train", "val", "test"),
@@ -255,7 +258,7 @@ def code_fingerprint() -> str:
 
 
 def input_folders(dataset_root: str, dataset: str, split: str) -> list[Path]:
-    """The upstream folders a (dataset, split) is read from (upstream-spec §1)."""
+    """The upstream folders a (dataset, split) is read from (`READ:dataset/README.md` layout)."""
     root = Path(dataset_root)
     if dataset == "reason_seg":
         return [root / "reason_seg" / "ReasonSeg" / part for part in split.split("_")]
@@ -515,6 +518,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--splits", nargs="+", default=None)
     parser.add_argument("--shard-size-mb", type=float, default=DEFAULT_SHARD_SIZE_MB)
     args = parser.parse_args(argv)
+    try:
+        refuse_relative_paths({"--dataset-root": args.dataset_root, "--out": args.out})
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
     import ray
     import ray.data
@@ -525,8 +533,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     reports = build_shards(args.dataset_root, args.out, datasets=args.datasets,
                            splits=args.splits, shard_size_mb=args.shard_size_mb)
     elapsed = time.perf_counter() - started
+    from dataset_builders.published_counts import published_comparison
+
     for report in reports:
         print(report.summary())
+        print("    " + published_comparison(report.dataset, report.split, report.num_samples,
+                                            report.num_queries))
     total = sum(r.num_samples for r in reports)
     megabytes = sum(r.bytes for r in reports) / 1e6
     print(f"total: {total} samples, {sum(len(r.quarantine) for r in reports)} quarantined, "

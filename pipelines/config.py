@@ -2,7 +2,9 @@
 
 One YAML file (``configs/<preset>.yaml``) holds the model section (``read_model.config.ReadConfig``)
 and the sections the pipelines own. ``load_job_config(path, overrides)`` resolves it strictly:
-an unknown key anywhere is an error naming the key, raised before Ray or MLflow is touched.
+an unknown key anywhere is an error naming the key, and ``JobConfig.validate()`` refuses every
+value that could only fail later (on a worker, after Ray started), both before Ray or MLflow is
+touched.
 """
 
 from __future__ import annotations
@@ -11,16 +13,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from pipelines.serving.config import ServeConfig
 from pipelines.submitted_job import refuse_relative_paths
-from read_model.config import ConfigError, ReadConfig, apply_overrides, from_dict, to_dict
+from read_model.config import (
+    ConfigError,
+    Problems,
+    PromptMode,
+    ReadConfig,
+    apply_overrides,
+    from_dict,
+    load_yaml,
+    to_dict,
+)
+
+EvalProtocol = Literal["teacher_forced", "generate"]
+# The paper's <SEG> analyses (docs/evaluation.md); "points_only" is the old name of
+# "points_only_tuned".
+EvalMode = Literal["segmentation", "siou", "points_only_tuned", "points_only_base_sam",
+                   "points_only"]
+ReasonSegQueries = Literal["first", "all"]
 
 
 @dataclass
 class DataConfig:
-    """Where shards come from and how datasets are mixed (upstream-spec §1d)."""
+    """Where shards come from and how datasets are mixed (`READ:dataloaders/trainval_dataset.py`)."""
 
     shards: str = "artifacts/shards"  # local folder or s3://bucket/prefix holding <dataset>/<split>
     train: list[str] = field(default_factory=lambda: ["reason_seg/train"])
@@ -31,7 +47,7 @@ class DataConfig:
 
 
 @dataclass
-class ScalingSettings:
+class ScalingConfig:
     """Ray Train `ScalingConfig` fields; fractional CPUs keep room for Ray Data on small hosts."""
 
     num_workers: int = 1
@@ -43,8 +59,8 @@ class ScalingSettings:
 
 
 @dataclass
-class TrainSettings:
-    """Optimiser, schedule and checkpointing (upstream-spec §7)."""
+class TrainConfig:
+    """Optimiser, schedule and checkpointing (`READ:train_read.py`; docs/fidelity.md)."""
 
     run_name: str = "read-train"
     storage_path: str = "artifacts/ray_results"  # local path or s3://
@@ -68,16 +84,25 @@ class TrainSettings:
 
 
 @dataclass
-class EvalSettings:
-    """Batch evaluation (upstream-spec §8)."""
+class EvalConfig:
+    """Batch evaluation (`READ:train_read.py` validate, `READ:test_read.py`; docs/fidelity.md)."""
 
-    protocol: Literal["teacher_forced", "generate"] = "teacher_forced"
-    modes: list[str] = field(default_factory=lambda: ["segmentation"])
+    protocol: EvalProtocol = "teacher_forced"
+    modes: list[EvalMode] = field(default_factory=lambda: ["segmentation"])
     batch_size: int = 4
     num_actors: int = 1
-    max_new_tokens: int = 32
+    max_new_tokens: int = 512  # upstream's test generation limit; decoding stops at EOS
+    # Upstream's protocol per dataset (docs/fidelity.md): ReasonSeg scores the first query
+    # ("all": every query, reported as <split>/all_queries); RefCOCO-family prompts are drawn
+    # per split with Python's random seeded `prompt_seed` in upstream's order ("fixed": LISA's
+    # question) from `templates`: "project" or the path of an upstream READ/SESAME checkout.
+    reason_seg_queries: ReasonSegQueries = "first"
+    refer_prompts: Literal["drawn", "fixed"] = "drawn"
+    templates: str = "project"
+    prompt_seed: int = 42
     num_overlays: int = 8
     siou_threshold: float | None = None  # None: the scored model's model.sasp.siou_threshold
+    base_sam_checkpoint: str = ""  # mode points_only_base_sam: off-the-shelf SAM weights
     output: str = "artifacts/eval"  # predictions JSONL + overlays: local folder or s3://
     use_gpu: bool = False  # one GPU share per model actor (set on GPU clusters)
     gpus_per_actor: float = 1.0
@@ -85,7 +110,7 @@ class EvalSettings:
 
 
 @dataclass
-class MlflowSettings:
+class MlflowConfig:
     """Tracking and registry; the URI defaults to MLFLOW_TRACKING_URI or a local store."""
 
     tracking_uri: str = ""
@@ -95,7 +120,7 @@ class MlflowSettings:
 
 
 @dataclass
-class WorkflowSettings:
+class WorkflowConfig:
     """The one-command workflow (pipelines/workflow.py): where data comes from, what it compares."""
 
     dataset_root: str = ""  # upstream-format dataset folder; empty = generate synthetic scenes
@@ -103,7 +128,7 @@ class WorkflowSettings:
     synthetic_seed: int = 0
     workdir: str = "artifacts"  # local folder for generated data and evaluation outputs
     eval_data: list[str] = field(default_factory=list)  # "<dataset>/<split>"; empty = data.val
-    ablation_modes: list[str] = field(
+    ablation_modes: list[PromptMode] = field(
         default_factory=lambda: ["seg_only", "points_discrete", "points_dtoc"]
     )  # the paper's prompt ablation (Table: <SEG> only, + discrete points, + DtoC)
 
@@ -114,29 +139,48 @@ class JobConfig:
 
     model: ReadConfig = field(default_factory=ReadConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    scaling: ScalingSettings = field(default_factory=ScalingSettings)
-    train: TrainSettings = field(default_factory=TrainSettings)
-    eval: EvalSettings = field(default_factory=EvalSettings)
-    mlflow: MlflowSettings = field(default_factory=MlflowSettings)
-    workflow: WorkflowSettings = field(default_factory=WorkflowSettings)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    workflow: WorkflowConfig = field(default_factory=WorkflowConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+
+    def validate(self) -> None:
+        """Refuse, in one `ConfigError` naming every bad key, what would only fail later.
+
+        The `model:` section's rules are `ReadConfig.validate`'s; the pipeline sections' are
+        in `pipelines.config_rules`. Every entry point runs this before starting anything.
+        """
+        from pipelines.config_rules import job_problems
+        from read_model.config_rules import model_problems
+
+        problems = Problems()
+        model_problems(self.model, problems)
+        job_problems(self, problems)
+        problems.raise_if_any()
 
 
 def load_job_config(path: str | Path | None, overrides: list[str] | None = None) -> JobConfig:
-    """Read a YAML preset, apply `a.b=value` overrides, and validate every key."""
+    """Read a YAML preset, apply `a.b=value` overrides, and validate every key and value."""
     raw: dict[str, Any] = {}
     if path:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path.read_text()) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path} must hold a mapping at the top level")
     raw = apply_overrides(raw, list(overrides or []))
     config = from_dict(JobConfig, raw)
-    _check_consistency(config)
-    refuse_relative_paths(local_paths(config))
+    config.validate()
     return config
+
+
+def check_job_paths(config: JobConfig, sections: tuple[str, ...]) -> None:
+    """Refuse the relative paths of `sections` (the ones a job uses) inside a submitted job."""
+    refuse_relative_paths({key: value for key, value in local_paths(config).items()
+                           if key.split(".")[0] in sections})
 
 
 def local_paths(config: JobConfig) -> dict[str, str]:
@@ -157,16 +201,3 @@ def local_paths(config: JobConfig) -> dict[str, str]:
 def job_config_dict(config: JobConfig) -> dict[str, Any]:
     """The resolved config as a plain dict (logged as MLflow params and saved with checkpoints)."""
     return to_dict(config)
-
-
-def _check_consistency(config: JobConfig) -> None:
-    rates = config.data.sample_rates
-    if rates and len(rates) != len(config.data.train):
-        raise ConfigError(
-            f"data.sample_rates has {len(rates)} entries but data.train names "
-            f"{len(config.data.train)} datasets; give one rate per dataset"
-        )
-    if any(r < 0 for r in rates) or (rates and sum(rates) <= 0):
-        raise ConfigError("data.sample_rates must be non-negative with a positive sum")
-    if config.scaling.num_workers < 1:
-        raise ConfigError("scaling.num_workers must be at least 1")

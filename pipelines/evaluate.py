@@ -2,7 +2,7 @@
 
     read-evaluate --model models:/read-tiny@champion \
         --data artifacts/shards/reason_seg/val artifacts/shards/fprefcoco/val \
-        [--protocol teacher_forced|generate] [--modes segmentation siou points_only] \
+        [--protocol teacher_forced|generate] [--modes segmentation siou points_only_tuned points_only_base_sam] \
         [--config configs/tiny.yaml] [--tag-version] [eval.num_actors=2 ...]
     ray job submit --address http://HEAD:8265 --working-dir . -- python pipelines/evaluate.py ...
 
@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from pipelines import storage
-from pipelines.config import JobConfig, load_job_config
+from pipelines import progress, storage
+from pipelines.config import JobConfig, check_job_paths, load_job_config
 from pipelines.evaluation.overlays import evaluation_figure, png_bytes
 from pipelines.evaluation.predictions_io import to_jsonl
 from pipelines.evaluation.records import QueryResult
@@ -42,11 +42,13 @@ from pipelines.evaluation.scoring import (
     to_markdown,
 )
 from pipelines.ray_runtime import ensure_ray
+from pipelines.submitted_job import refuse_relative_paths
 from read_model.config import ConfigError
 
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # a key=value override, never a path
 MAX_LOGGED_PREDICTIONS_BYTES = 64 * 2**20  # larger JSONL files stay in storage only
+PROGRESS_EVERY = 8  # results between two progress reports
 
 
 class EvaluationError(RuntimeError):
@@ -143,7 +145,7 @@ class ScoringActor:
 
 def _baseline_batch(batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
     """Both trivial baselines for a block of samples; `payload["baseline"]` names the kind."""
-    from pipelines.evaluation.baselines import BASELINES, baseline_results
+    from pipelines.baselines import BASELINES, baseline_results
     from pipelines.streaming import decode_row
 
     samples, results = [], []
@@ -159,8 +161,15 @@ def _baseline_batch(batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
     return _columns(results)
 
 
-def _collect(dataset: Any) -> list[QueryResult]:
-    return [QueryResult.from_row(row) for row in dataset.iter_rows()]
+def _collect(dataset: Any, total: int, note: str) -> list[QueryResult]:
+    """Every result row; the count goes to the workflow's progress bar when there is one."""
+    results = []
+    for row in dataset.iter_rows():
+        results.append(QueryResult.from_row(row))
+        if len(results) % PROGRESS_EVERY == 0:
+            progress.report(len(results), total=total, unit="queries", note=note)
+    progress.report(len(results), total=total, unit="queries", note=note)
+    return results
 
 
 # ---------------------------------------------------------------------------- driver
@@ -205,13 +214,19 @@ def evaluate(
     settings = config.eval
     options = {"protocol": settings.protocol, "modes": tuple(settings.modes),
                "max_new_tokens": settings.max_new_tokens,
-               "siou_threshold": settings.siou_threshold}
-    from pipelines.evaluation.query_scoring import ScoringOptions
-
-    ScoringOptions(**options)  # validate protocol / modes before anything starts
+               "siou_threshold": settings.siou_threshold,
+               "reason_seg_queries": settings.reason_seg_queries,
+               "base_sam_checkpoint": settings.base_sam_checkpoint}
+    config.validate()  # also for callers that built `config` themselves
     if not data:
         raise EvaluationError("no --data shard folders given")
     sources = [ShardSource(url) for url in data]
+    plan = None
+    if settings.refer_prompts == "drawn":  # the whole split's draws, in upstream's order
+        from pipelines.evaluation.prompt_plan import build_prompt_plan
+
+        plan = build_prompt_plan(sources, settings.templates, settings.prompt_seed)
+        options["prompts"] = plan.prompts
     tracking_uri = tracking_uri or resolve_tracking_uri(config.mlflow)
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     name, version = resolve_model_version(client, model_uri)
@@ -226,7 +241,10 @@ def evaluate(
     try:
         params = {"model_uri": model_uri, "model_version": version, "protocol": settings.protocol,
                   "modes": ",".join(settings.modes), "num_actors": settings.num_actors,
-                  "batch_size": settings.batch_size}
+                  "batch_size": settings.batch_size, "max_new_tokens": settings.max_new_tokens,
+                  "eval.reason_seg_queries": settings.reason_seg_queries,
+                  "eval.refer_prompts": settings.refer_prompts,
+                  **(plan.params() if plan else {})}
         for source in sources:
             params[f"data.{source.dataset}/{source.split}.content_hash"] = source.content_hash
         for key, value in params.items():
@@ -254,10 +272,13 @@ def evaluate(
             batch_format="numpy",
             **remote,
         )
-        results = _collect(scored)
+        progress.report(0, total=total_queries, unit="queries",
+                        note=f"starting {settings.num_actors} model replica(s)")
+        results = _collect(scored, total_queries, "scoring the model")
         summary = _record(client, run_id, name, version, results, output, settings.num_overlays)
         if with_baselines:
-            summary["baselines"] = _baselines(client, run_id, sources, settings.batch_size)
+            summary["baselines"] = _baselines(client, run_id, sources, settings.batch_size,
+                                              total_queries)
         if tag_version:
             pooled = {k: v for k, v in summary["metrics"].items() if "." not in k}
             record_version_metrics(client, name, version, pooled)
@@ -268,13 +289,15 @@ def evaluate(
     return {"run_id": run_id, "model_name": name, "model_version": version, **summary}
 
 
-def _baselines(client: Any, run_id: str, sources: list[Any], batch_size: int) -> dict[str, Any]:
+def _baselines(client: Any, run_id: str, sources: list[Any], batch_size: int,
+               total_queries: int) -> dict[str, Any]:
     """Score the empty-mask and whole-image baselines on the same shards; log them to the run."""
-    from pipelines.evaluation.baselines import BASELINES
+    from pipelines.baselines import BASELINES
     from pipelines.streaming import ray_dataset
 
     rows = _collect(ray_dataset(sources).map_batches(
-        _baseline_batch, batch_format="numpy", batch_size=batch_size, num_cpus=0.5))
+        _baseline_batch, batch_format="numpy", batch_size=batch_size, num_cpus=0.5),
+        len(BASELINES) * total_queries, "trivial baselines")
     out = {}
     for kind in BASELINES:
         table = score_results(r for r in rows if r.payload.get("baseline") == kind)
@@ -325,17 +348,30 @@ def _record(client: Any, run_id: str, name: str, version: str, results: list[Que
             "overlays": [url for _, url in overlays[:num_overlays]]}
 
 
+def refuse_model_overrides(overrides: Sequence[str]) -> None:
+    """`model.*` overrides would be ignored: the registered checkpoint's model settings win."""
+    ignored = [item.split("=", 1)[0] for item in overrides if item.strip().startswith("model.")]
+    if ignored:
+        raise ConfigError(
+            f"{', '.join(ignored)}: evaluation scores the registered model with the model "
+            "settings it was trained and registered with, so model.* overrides would be "
+            "ignored; register a model trained with these settings and evaluate that one"
+        )
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="models:/<name>@<alias> or models:/<name>/<N>")
     parser.add_argument("--data", nargs="+", required=True, help="shard folders (<root>/<dataset>/<split>)")
     parser.add_argument("--protocol", choices=("teacher_forced", "generate"))
-    parser.add_argument("--modes", nargs="+", help="segmentation siou points_only")
+    parser.add_argument("--modes", nargs="+", help="segmentation siou points_only_tuned points_only_base_sam")
     parser.add_argument("--config", help="YAML preset (default: built-in defaults)")
     parser.add_argument("--tag-version", action="store_true",
                         help="record the pooled metrics on the model version (read.eval.*), the "
                              "evidence pipelines/promote.py compares")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. eval.num_actors=2")
+    parser.add_argument("overrides", nargs="*",
+                        help="key=value overrides, e.g. eval.num_actors=2 (model.* is refused: "
+                             "the registered model's own settings are used)")
     return parser.parse_args(argv)
 
 
@@ -348,7 +384,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         overrides.append(f"eval.protocol={args.protocol}")
     if args.modes:
         overrides.append(f"eval.modes=[{','.join(args.modes)}]")
+    refuse_model_overrides(overrides)
     config = load_job_config(args.config, overrides)
+    check_job_paths(config, ("eval",))
+    refuse_relative_paths({f"--data[{i}]": path for i, path in enumerate(data)})
     summary = evaluate(config, args.model, data, tag_version=args.tag_version)
     print(summary["markdown"])
     print(json.dumps({k: v for k, v in summary.items() if k != "markdown"}), flush=True)

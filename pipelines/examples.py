@@ -2,20 +2,28 @@
 
 Training draws up to `num_classes_per_sample` queries per image with templates chosen by a
 generator seeded from (seed, epoch, sample key), so a resumed or re-run job sees exactly the same
-conversations for the same sample and epoch, whichever worker reads it. Evaluation uses every
-query with LISA's fixed templates and a teacher-forced answer. A turn with a `[SEG]` gets its
-target's mask, or an all-zero mask for a false premise (the upstream evaluation convention).
+conversations for the same sample and epoch, whichever worker reads it.
+
+Evaluation follows upstream's protocol per dataset (docs/fidelity.md, "Evaluation protocol"):
+ReasonSeg scores the first query of an image with LISA's fixed templates
+(`READ:dataloaders/test_dataset.py` `TestReasoningDataset`: ``sents[0]``), or every query under
+the separately named "all_queries" protocol; REFER-format datasets score every sentence with the
+prompt drawn for it (`pipelines.evaluation.prompt_plan`), or LISA's fixed question when no
+drawn prompt is given. A teacher-forced turn with a `[SEG]` gets its target's mask, or an
+all-zero mask for a false premise (the upstream evaluation convention).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
+from collections.abc import Mapping
+from typing import Literal
 
 import numpy as np
-from PIL import Image
 
+from dataset_builders.images import decode_rgb
 from dataset_builders.sample import Query, Sample
+from read_model import templates as T
 from read_model.batch import ReadExample
 from read_model.turns import (
     DEFAULT_TRUE_PREMISE_PROB,
@@ -26,12 +34,45 @@ from read_model.turns import (
 )
 
 REASON_DATASETS = frozenset({"reason_seg"})  # long-sentence reasoning queries with FP-QA modes
+ReasonSegQueries = Literal["first", "all"]
+ALL_QUERIES_PROTOCOL = "all_queries"  # the split suffix that names ReasonSeg's every-query scores
+DrawnPrompts = Mapping[str, tuple[str, str] | list[str]]  # query uid -> (question, answer)
+
+
+def query_uid(key: str, target_index: int, query_index: int) -> str:
+    """The id a scored query is known by everywhere (results, prompt plans, predictions)."""
+    return f"{key}/{target_index}/{query_index}"
+
+
+def evaluation_queries(
+    sample: Sample, reason_seg_queries: ReasonSegQueries = "first"
+) -> list[tuple[int, int]]:
+    """(target index, query index) of every query the evaluation scores, in sample order.
+
+    ReasonSeg's "first" protocol keeps the first true-premise text (upstream's ``sents[0]``);
+    its false-premise QA and the other texts are scored only under "all".
+    """
+    positions = [(t, q) for t, target in enumerate(sample.targets)
+                 for q in range(len(target.queries))]
+    if sample.dataset not in REASON_DATASETS or reason_seg_queries == "all":
+        return positions
+    if reason_seg_queries != "first":
+        raise ValueError(f"reason_seg_queries must be 'first' or 'all', got {reason_seg_queries!r}")
+    first = [(t, q) for t, q in positions if sample.targets[t].queries[q].exists]
+    return first[:1]
+
+
+def evaluation_split(sample: Sample, reason_seg_queries: ReasonSegQueries = "first") -> str:
+    """The split name scores are reported under: ReasonSeg's all-queries protocol is named."""
+    if sample.dataset in REASON_DATASETS and reason_seg_queries == "all":
+        return f"{sample.split}/{ALL_QUERIES_PROTOCOL}"
+    return sample.split
 
 
 def decode_image(sample: Sample) -> np.ndarray:
-    """The sample's image as uint8 RGB [H, W, 3]; a size mismatch with the record is an error."""
-    with Image.open(io.BytesIO(sample.image_bytes)) as image:
-        array = np.asarray(image.convert("RGB"))
+    """The sample's image as uint8 RGB [H, W, 3], EXIF orientation applied as `cv2.imread` does;
+    a size mismatch with the record is an error."""
+    array = decode_rgb(sample.image_bytes)
     if array.shape[:2] != (sample.height, sample.width):
         raise ValueError(
             f"sample {sample.key}: image is {array.shape[1]}x{array.shape[0]} but the record "
@@ -77,12 +118,40 @@ def training_example(
     return _example(sample, turns, queries, owners)
 
 
-def evaluation_example(sample: Sample, *, fixed_templates: bool = True) -> ReadExample | None:
-    """Every query of one image as a teacher-forced turn; None when it has no query."""
-    queries, owners = flat_queries(sample)
-    if not queries:
+def evaluation_example(
+    sample: Sample,
+    *,
+    reason_seg_queries: ReasonSegQueries = "first",
+    prompts: DrawnPrompts | None = None,
+) -> ReadExample | None:
+    """The scored queries of one image as teacher-forced turns; None when it has none.
+
+    A REFER-format query uses its drawn prompt from `prompts` (uid -> (question, answer)) when
+    given; a drawn answer without exactly one [SEG] (a false premise's correction or denial) is
+    replaced by LISA's fixed answer, since teacher forcing scores a mask for every query.
+    """
+    selected = evaluation_queries(sample, reason_seg_queries)
+    if not selected:
         return None
-    return _example(sample, build_eval_turns(queries, fixed_templates=fixed_templates), queries, owners)
+    queries, owners = flat_queries(sample)
+    flat = {pos: i for i, pos in enumerate(
+        (t, q) for t, target in enumerate(sample.targets) for q in range(len(target.queries)))}
+    chosen = [queries[flat[pos]] for pos in selected]
+    turns = build_eval_turns(chosen)
+    if prompts is not None and sample.dataset not in REASON_DATASETS:
+        turns = [_drawn_turn(turn, prompts, query_uid(sample.key, *pos))
+                 for turn, pos in zip(turns, selected, strict=True)]
+    chosen_owners = [owners[flat[pos]] for pos in selected]
+    return _example(sample, turns, chosen, chosen_owners)
+
+
+def _drawn_turn(turn: Turn, prompts: DrawnPrompts, uid: str) -> Turn:
+    if uid not in prompts:
+        raise KeyError(f"no drawn prompt for query {uid}: the prompt plan does not cover it")
+    question, answer = prompts[uid]
+    if answer.count(T.SEG_PLACEHOLDER) != 1:
+        answer = T.FIXED_ANSWER
+    return turn._replace(question=question, answer=answer)
 
 
 def _example(

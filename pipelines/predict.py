@@ -20,13 +20,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
+from read_model.config import ConfigError
 from read_model.overlay import render_overlay
 
 REGISTRY_SCHEME = "models:/"
 DEFAULT_OUT = "read_prediction"
-DEFAULT_MAX_NEW_TOKENS = 32  # upstream evaluate() default
+DEFAULT_MAX_NEW_TOKENS = 512  # READ:test_read.py; decoding stops once EOS is written
 
 
 class PredictError(RuntimeError):
@@ -49,23 +50,21 @@ def load_model(reference: str, tracking_uri: str | None = None) -> Any:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """uint8 RGB [H, W, 3]; unreadable files are a clear error, not a traceback."""
+    """uint8 RGB [H, W, 3], EXIF orientation applied as upstream's `cv2.imread` applies it;
+    unreadable files are a clear error, not a traceback."""
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+            upright = ImageOps.exif_transpose(image)
+            return np.asarray(upright.convert("RGB"), dtype=np.uint8).copy()
     except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
         raise PredictError(f"cannot read image {path}: {error}") from error
 
 
 def full_resolution_heatmap(model: Any, prediction: Any, size: tuple[int, int]) -> np.ndarray | None:
     """The first [SEG]'s similarity map at the image resolution (zero outside CLIP's crop)."""
-    from read_model.sasp import similarity_map_full_resolution
-
     if prediction.similarity_map.shape[0] == 0:
         return None
-    maps = similarity_map_full_resolution(
-        prediction.similarity_map[:1].flatten(1).float(), [size], model.config.sasp
-    )
+    maps = model.sasp.full_resolution_maps(prediction.similarity_map[:1].flatten(1).float(), [size])
     return maps[0].cpu().numpy()
 
 
@@ -122,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load_model(args.model, args.tracking_uri).to(torch.device(args.device)).eval()
         prediction = model.predict([image], [args.question], args.max_new_tokens)[0]
         paths = write_outputs(model, prediction, image, args.out, args.image.stem)
-    except PredictError as error:
+    except (PredictError, ConfigError) as error:  # ConfigError: the checkpoint's own config
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"Answer: {prediction.text}")

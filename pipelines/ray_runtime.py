@@ -12,6 +12,7 @@ socket of a local Ray, dashboard included, on loopback.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from pathlib import Path
@@ -46,22 +47,25 @@ def worker_environment() -> dict[str, str]:
     return {**WORKER_ENV, **storage.aws_environment(), **forwarded}
 
 
-def ensure_ray(*, upload_working_dir: bool = False, log_to_driver: bool = True) -> None:
+def ensure_ray(*, upload_working_dir: bool = False, log_to_driver: bool = True,
+               quiet: bool = False) -> None:
     """Join ``RAY_ADDRESS`` when set, else start a local Ray; a no-op when Ray is up already.
 
     ``upload_working_dir`` ships this checkout to a remote cluster's workers (not needed under
-    ``ray job submit``, which already ran with ``--working-dir``).
+    ``ray job submit``, which already ran with ``--working-dir``). ``quiet`` keeps Ray's own
+    start-up messages below warnings off the console.
     """
     import ray
 
     if ray.is_initialized():
         return
+    level = logging.WARNING if quiet else logging.INFO
     env = worker_environment()
     if os.environ.get("RAY_ADDRESS"):
         runtime_env: dict[str, Any] = {"env_vars": env}
         if upload_working_dir and not os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
             runtime_env.update(working_dir=str(REPO_ROOT), excludes=UPLOAD_EXCLUDES)
-        ray.init(runtime_env=runtime_env, log_to_driver=log_to_driver)
+        ray.init(runtime_env=runtime_env, log_to_driver=log_to_driver, logging_level=level)
         return
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p
@@ -80,8 +84,18 @@ def ensure_ray(*, upload_working_dir: bool = False, log_to_driver: bool = True) 
         object_store_memory=LOCAL_OBJECT_STORE_BYTES,
         include_dashboard=True,
         log_to_driver=log_to_driver,
+        logging_level=level,
         **placement,
     )
+
+
+def session_log_dir() -> str:
+    """Where this Ray session keeps the workers' logs (on the head node)."""
+    import ray
+
+    # Ray has no public accessor for it; the node object of the connected driver holds it.
+    node = getattr(ray._private.worker, "_global_node", None)
+    return node.get_logs_dir_path() if node is not None else "the Ray session's logs folder"
 
 
 def free_port(host: str = "127.0.0.1") -> int:

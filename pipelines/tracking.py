@@ -20,20 +20,23 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from pipelines.config import MlflowSettings
+from pipelines import progress
+from pipelines.config import MlflowConfig
 from pipelines.submitted_job import submitted_working_dir
 from read_model.config import ConfigError
 
 RUN_KEY_TAG = "read.train_run_key"
+PARENT_RUN_TAG = "mlflow.parentRunId"  # the UI nests a run under the run this tag names
 # MLflow 3's UI opens an experiment in its GenAI view (traces, sessions) unless this tag says the
 # experiment is about model development, which is what every READ experiment is.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 SQLITE_PREFIX = "sqlite:///"
+LOSS_METRIC = "train/total"  # shown next to the workflow's training progress bar
 MAX_PARAM_LENGTH = 6000  # MLflow's param value limit (8000 on sqlite, lower on some servers)
 
 
-def resolve_tracking_uri(settings: MlflowSettings, cwd: str | Path | None = None) -> str:
+def resolve_tracking_uri(settings: MlflowConfig, cwd: str | Path | None = None) -> str:
     """The config's `mlflow.tracking_uri`, then MLFLOW_TRACKING_URI, then ./mlruns (sqlite).
 
     An explicit config value wins over the environment because `mlflow.set_tracking_uri` also
@@ -79,8 +82,13 @@ def start_or_resume_run(
     run_name: str,
     params: dict[str, Any],
     tags: dict[str, str],
+    parent_run_id: str | None = None,
 ) -> str:
-    """Open the unfinished run of this Ray run (same name + storage) or create one; return its id."""
+    """Open the unfinished run of this Ray run (same name + storage) or create one; return its id.
+
+    `parent_run_id` (the workflow run that launched the job) nests the run under it; a resumed
+    run moves under the workflow run that resumes it.
+    """
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     experiment_id = ensure_experiment(client, experiment, tracking_uri)
@@ -94,7 +102,11 @@ def start_or_resume_run(
         run_id = previous[0].info.run_id
         client.update_run(run_id, status="RUNNING")
         client.set_tag(run_id, "read.resumed", "true")
+        if parent_run_id:
+            client.set_tag(run_id, PARENT_RUN_TAG, parent_run_id)
         return run_id
+    if parent_run_id:
+        tags = {**tags, PARENT_RUN_TAG: parent_run_id}
     run = client.create_run(experiment_id, run_name=run_name, tags={RUN_KEY_TAG: run_key, **tags})
     batch = [
         mlflow.entities.Param(key, _param_text(value)) for key, value in sorted(params.items())
@@ -147,6 +159,8 @@ class RankZeroLogger:
             return
         import time
 
+        loss = metrics.get(LOSS_METRIC)
+        progress.report(step, note=None if loss is None else f"loss {loss:.3f}")
         stamp = int(time.time() * 1000)
         entries = [
             mlflow.entities.Metric(key, float(value), stamp, step)

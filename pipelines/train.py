@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import storage
-from pipelines.config import JobConfig, job_config_dict, load_job_config
+from pipelines.config import JobConfig, check_job_paths, job_config_dict, load_job_config
 from pipelines.ray_runtime import ensure_ray, worker_environment
 from pipelines.tracking import (
     finish_run,
@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="run the start-up checks and exit without training")
     parser.add_argument("--no-register", action="store_true",
                         help="do not register the trained model in the MLflow registry")
+    parser.add_argument("--parent-run-id", default=None,
+                        help="MLflow run to nest the training run under (the workflow passes its own)")
     return parser.parse_args(argv)
 
 
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the job; returns a summary (also printed as one JSON line)."""
     args = parse_args(argv)
     config = load_job_config(args.config, args.overrides)
+    check_job_paths(config, ("data", "train", "model"))
     tracking_uri = resolve_tracking_uri(config.mlflow)
     shard_sets = preflight.check_job(config, tracking_uri)
     if args.check_only:
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     ensure_ray(upload_working_dir=True)
     preflight.check_cluster_gpus(config, ray.cluster_resources())
-    run_id = _open_mlflow_run(config, tracking_uri, shard_sets)
+    run_id = _open_mlflow_run(config, tracking_uri, shard_sets, args.parent_run_id)
     try:
         result = _fit(config, tracking_uri, run_id)
         summary = _finish(config, tracking_uri, run_id, result, register=not args.no_register)
@@ -79,7 +82,7 @@ def storage_path(config: JobConfig) -> str:
 
 
 def _open_mlflow_run(config: JobConfig, tracking_uri: str,
-                     shard_sets: list[preflight.ShardSet]) -> str:
+                     shard_sets: list[preflight.ShardSet], parent_run_id: str | None) -> str:
     tags = {"git_commit": git_commit(), "ray_run_name": config.train.run_name,
             "storage_path": storage_path(config)}
     for shard_set in shard_sets:
@@ -87,11 +90,13 @@ def _open_mlflow_run(config: JobConfig, tracking_uri: str,
         tags[f"shards.{shard_set.entry}.num_samples"] = str(shard_set.num_samples)
     run_key = f"{storage_path(config)}/{config.train.run_name}"
     return start_or_resume_run(tracking_uri, config.mlflow.experiment, run_key,
-                               config.train.run_name, flatten(job_config_dict(config)), tags)
+                               config.train.run_name, flatten(job_config_dict(config)), tags,
+                               parent_run_id)
 
 
 def _fit(config: JobConfig, tracking_uri: str, run_id: str) -> Any:
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train import ScalingConfig as RayScalingConfig  # ours is pipelines.config's
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from pipelines.training.loop import train_loop_per_worker
@@ -111,7 +116,7 @@ def _fit(config: JobConfig, tracking_uri: str, run_id: str) -> Any:
             "env": worker_environment(),
         },
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(
+        scaling_config=RayScalingConfig(
             num_workers=scaling.num_workers,
             use_gpu=scaling.use_gpu,
             resources_per_worker=resources,

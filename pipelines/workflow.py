@@ -17,15 +17,20 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from pipelines import storage
-from pipelines.config import JobConfig, load_job_config
+from pipelines.config import JobConfig, check_job_paths, load_job_config
+from pipelines.evaluation.scoring import GroupMetrics, summary_markdown
+from pipelines.tracking import LOSS_METRIC
 from pipelines.workflow_steps import steps
-from pipelines.workflow_steps.runner import StepFailed, StepRunner
+from pipelines.workflow_steps.console import StepConsole, first_line
+from pipelines.workflow_steps.runner import TAG_ERROR, TAG_TRACEBACK, StepFailed, StepRunner
 from read_model.config import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -45,8 +50,12 @@ def _location(path: str) -> str:
 
 
 def run_workflow(config_path: str | Path | None, overrides: list[str], *, ablation: bool = False,
-                 use_ray: bool = True) -> dict[str, Any]:
-    """Run (or resume) the workflow; returns the step outputs and the final tables."""
+                 use_ray: bool = True, verbose: bool = False) -> dict[str, Any]:
+    """Run (or resume) the workflow; returns the step outputs and the final tables.
+
+    The console shows one line (a live bar on a terminal) per step; `verbose` streams every Ray
+    worker's output instead (otherwise it stays in the Ray session's log files).
+    """
     from mlflow.entities import RunStatus
     from mlflow.tracking import MlflowClient
 
@@ -54,6 +63,7 @@ def run_workflow(config_path: str | Path | None, overrides: list[str], *, ablati
 
     config_path = Path(config_path or DEFAULT_CONFIG).resolve()
     config = load_job_config(config_path, overrides)  # fails fast on any bad key
+    check_job_paths(config, ("data", "train", "eval", "workflow", "model"))
     tracking_uri = resolve_tracking_uri(config.mlflow)
     shards = _location(config.data.shards)
     workdir = _location(config.workflow.workdir)
@@ -70,13 +80,21 @@ def run_workflow(config_path: str | Path | None, overrides: list[str], *, ablati
                                tags={"read.kind": "workflow"}).info.run_id
     client.log_param(parent, "config", str(config_path))
     client.log_param(parent, "overrides", " ".join(overrides)[:6000] or "-")
-    _banner(f"workflow run {parent} (MLflow {tracking_uri})")
-    runner = StepRunner(client, experiment_id, parent, use_ray=use_ray, log=_banner)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars
+    print(f"READ workflow · MLflow run {parent} · {tracking_uri}", flush=True)
     try:
+        board = None
         if use_ray:
-            from pipelines.ray_runtime import ensure_ray
+            from pipelines.progress import start_board
+            from pipelines.ray_runtime import ensure_ray, session_log_dir
 
-            ensure_ray()
+            ensure_ray(log_to_driver=verbose, quiet=not verbose)
+            board = start_board()
+            if not verbose:
+                print(f"worker logs: {session_log_dir()} (or run with --verbose)", flush=True)
+        console = StepConsole(_count_steps(config, ablation))
+        runner = StepRunner(client, experiment_id, parent, use_ray=use_ray, console=console,
+                            board=board)
         result = _steps(runner, config, config_path, pinned, context, shards, workdir, eval_names,
                         tracking_uri, parent, ablation)
     except BaseException:
@@ -88,6 +106,11 @@ def run_workflow(config_path: str | Path | None, overrides: list[str], *, ablati
                   ran=[r.name for r in runner.results if not r.skipped])
     _report(client, result, tracking_uri)
     return result
+
+
+def _count_steps(config: JobConfig, ablation: bool) -> int:
+    modes = len(config.workflow.ablation_modes) if ablation else 1
+    return (0 if config.workflow.dataset_root else 1) + 1 + 2 * modes + (0 if ablation else 1)
 
 
 def _steps(runner: StepRunner, config: JobConfig, config_path: Path, pinned: list[str],
@@ -102,6 +125,7 @@ def _steps(runner: StepRunner, config: JobConfig, config_path: Path, pinned: lis
             {"out": storage.join(workdir, "synthetic"), "seed": settings.synthetic_seed,
              "images": settings.synthetic_images},
             still_valid=lambda out: Path(out["dataset_root"]).is_dir(),
+            describe=lambda out: f"{settings.synthetic_images} synthetic images",
         )
         dataset_root, user_data = generated["dataset_root"], False
         source_stamp = steps.stamp(generated["summary"])
@@ -112,6 +136,8 @@ def _steps(runner: StepRunner, config: JobConfig, config_path: Path, pinned: lis
          "source_stamp": source_stamp},
         still_valid=steps.shards_unchanged,
         always=user_data,  # user folders may change in place; build_shards skips what is current
+        progress=(len(folders), "shard folders"),
+        describe=lambda out: f"{len(out['content_hashes'])} shard folders",
     )
     data_hashes = built["content_hashes"]
     eval_data = [storage.join(shards, name) for name in eval_names]
@@ -127,6 +153,9 @@ def _steps(runner: StepRunner, config: JobConfig, config_path: Path, pinned: lis
             {"config_path": str(config_path),
              "overrides": [*train_overrides, f"train.run_name={run_name}"]},
             context={**context, "data": data_hashes},
+            runtime={"parent_run_id": parent},
+            progress=(config.train.max_steps, "steps"),
+            describe=_training_note,
         )
         model_uri = f"models:/{trained[mode]['model_name']}/{trained[mode]['version']}"
         evaluated[mode] = runner.run(
@@ -135,6 +164,7 @@ def _steps(runner: StepRunner, config: JobConfig, config_path: Path, pinned: lis
              "model_uri": model_uri, "data": eval_data, "tracking_uri": tracking_uri},
             context={**context, "data": data_hashes},
             runtime={"parent_run_id": parent},
+            describe=_evaluation_note,
         )
     result: dict[str, Any] = {"trained": trained, "evaluated": evaluated, "modes": modes}
     if not ablation:
@@ -144,8 +174,21 @@ def _steps(runner: StepRunner, config: JobConfig, config_path: Path, pinned: lis
             {"tracking_uri": tracking_uri, "model_name": trained[mode]["model_name"],
              "version": trained[mode]["version"], "metric": config.mlflow.champion_metric},
             always=True,
+            describe=lambda out: out["reason"],
         )
     return result
+
+
+def _training_note(outputs: dict[str, Any]) -> str:
+    loss = outputs.get("metrics", {}).get(LOSS_METRIC)
+    loss_text = "" if loss is None else f"loss {loss:.3f} · "
+    return f"{loss_text}registered {outputs['model_name']} v{outputs['version']}"
+
+
+def _evaluation_note(outputs: dict[str, Any]) -> str:
+    metrics = outputs["metrics"]
+    return (f"{int(metrics.get('num_queries', 0))} queries · gIoU {_fmt(metrics.get('giou'))} · "
+            f"cIoU {_fmt(metrics.get('ciou'))}")
 
 
 # ---------------------------------------------------------------------------- the final report
@@ -154,11 +197,16 @@ def _fmt(value: Any) -> str:
 
 
 def baseline_table(evaluation: dict[str, Any]) -> str:
-    """The model's pooled gIoU/cIoU next to the empty-mask and whole-image baselines."""
+    """The model's pooled gIoU/cIoU next to the empty-mask and whole-image baselines.
+
+    Each row says how many queries its gIoU/cIoU are computed on (the queries whose object is
+    present); all three are scored on the same shards, so the counts agree.
+    """
     rows = [("trained model", evaluation["metrics"])]
     rows += [(f"baseline: {kind.replace('_', ' ')}", m) for kind, m in evaluation["baselines"].items()]
-    lines = ["| predictor | gIoU | cIoU |", "|---|---|---|"]
-    lines += [f"| {name} | {_fmt(m.get('giou'))} | {_fmt(m.get('ciou'))} |" for name, m in rows]
+    lines = ["| predictor | queries | gIoU | cIoU |", "|---|---|---|---|"]
+    lines += [f"| {name} | {_count(m.get('true_premise_count'))} | {_fmt(m.get('giou'))} | "
+              f"{_fmt(m.get('ciou'))} |" for name, m in rows]
     return "\n".join(lines)
 
 
@@ -166,17 +214,35 @@ def ablation_table(client: Any, evaluated: dict[str, dict[str, Any]]) -> str:
     """The paper's prompt ablation, read back from the evaluation runs in MLflow."""
     labels = {"seg_only": "[SEG] prompt only", "points_discrete": "+ P prompt (discrete points)",
               "points_dtoc": "+ P DtoC (continuous)"}
-    lines = ["| configuration | prompt_mode | gIoU | cIoU |", "|---|---|---|---|"]
+    lines = ["| configuration | prompt_mode | queries | gIoU | cIoU |", "|---|---|---|---|---|"]
     for mode, outputs in evaluated.items():
         metrics = client.get_run(outputs["evaluation_run_id"]).data.metrics
-        lines.append(f"| {labels.get(mode, mode)} | {mode} | {_fmt(metrics.get('giou'))} | "
+        lines.append(f"| {labels.get(mode, mode)} | {mode} | "
+                     f"{_count(metrics.get('true_premise_count'))} | {_fmt(metrics.get('giou'))} | "
                      f"{_fmt(metrics.get('ciou'))} |")
     return "\n".join(lines)
 
 
-def _metrics_markdown(client: Any, run_id: str) -> str:
+def _count(value: Any) -> str:
+    return "n.a." if value is None else str(int(value))
+
+
+def metrics_table(client: Any, run_id: str) -> str:
+    """The headline metrics table, rebuilt from the evaluation run's metrics.json in MLflow."""
     with tempfile.TemporaryDirectory() as tmp:
-        return Path(client.download_artifacts(run_id, "metrics.md", tmp)).read_text()
+        groups = json.loads(Path(client.download_artifacts(run_id, "metrics.json", tmp)).read_text())
+    return summary_markdown([GroupMetrics(**group) for group in groups])
+
+
+def overlay_locations(client: Any, run_id: str) -> list[str]:
+    """Where the overlays logged to the evaluation run can be opened (local paths when local)."""
+    from urllib.parse import unquote, urlparse
+
+    root = client.get_run(run_id).info.artifact_uri.rstrip("/")
+    names = [item.path for item in client.list_artifacts(run_id, "overlays")]
+    if root.startswith("file:"):
+        return [str(Path(unquote(urlparse(root).path)) / name) for name in names]
+    return [f"{root}/{name}" for name in names]
 
 
 def ui_hint(tracking_uri: str) -> str:
@@ -187,18 +253,25 @@ def ui_hint(tracking_uri: str) -> str:
 
 def _report(client: Any, result: dict[str, Any], tracking_uri: str) -> None:
     evaluated = result["evaluated"]
-    last = evaluated[result["modes"][-1]]
-    _banner("metrics (per dataset/split; scores in %)")
-    print(_metrics_markdown(client, last["evaluation_run_id"]), flush=True)
-    _banner("trained model against trivial baselines (same evaluation data)")
-    print(baseline_table(last))
+    mode = result["modes"][-1]
+    last, trained = evaluated[mode], result["trained"][mode]
+    _banner(f"{trained['model_name']} v{trained['version']} on the evaluation data (scores in %)")
+    result["metrics_table"] = metrics_table(client, last["evaluation_run_id"])
+    print(result["metrics_table"])
+    _banner("trained model against trivial baselines (same queries)")
     result["baseline_table"] = baseline_table(last)
+    print(result["baseline_table"])
     if len(evaluated) > 1:
         _banner("prompt ablation (read back from MLflow)")
         result["ablation_table"] = ablation_table(client, evaluated)
         print(result["ablation_table"])
+    print()
     if "promotion" in result:
-        print(f"\nchampion: {result['promotion']['reason']}")
+        print(f"champion: {result['promotion']['reason']}")
+    result["overlays"] = overlay_locations(client, last["evaluation_run_id"])
+    print(f"overlays logged to MLflow run {last['evaluation_run_id']} (artifacts/overlays):")
+    for location in result["overlays"]:
+        print(f"  {location}")
     print(f"steps run: {', '.join(result['ran']) or '-'}; skipped (unchanged): "
           f"{', '.join(result['skipped']) or '-'}")
     print(ui_hint(tracking_uri), flush=True)
@@ -209,6 +282,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", help=f"YAML preset (default: {DEFAULT_CONFIG.relative_to(REPO_ROOT)})")
     parser.add_argument("--ablation", action="store_true",
                         help="train and evaluate every workflow.ablation_modes prompt mode")
+    parser.add_argument("--verbose", action="store_true",
+                        help="stream every Ray worker's output instead of one line per step")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=50")
     return parser.parse_args(argv)
 
@@ -216,13 +291,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def cli(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        run_workflow(args.config, args.overrides, ablation=args.ablation)
+        run_workflow(args.config, args.overrides, ablation=args.ablation, verbose=args.verbose)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except StepFailed as error:
-        print(f"\nworkflow stopped: {error}\nfix the cause and run the same command again: "
-              "finished steps are skipped.", file=sys.stderr)
+        print(f"\nworkflow stopped: {first_line(str(error))}\nthe whole error and traceback are "
+              f"the tags {TAG_ERROR} and {TAG_TRACEBACK} of that MLflow run; fix the cause and run "
+              "the same command again: finished steps are skipped.", file=sys.stderr)
         return 1
     return 0
 

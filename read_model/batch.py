@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from read_model.config import LlavaSettings, ReadConfig
+from read_model.config import LlavaConfig, ReadConfig
 from read_model.labels import IGNORE_INDEX, encode_conversation, encode_prompt
 from read_model.preprocess import check_rgb_image, clip_preprocess, sam_preprocess
 from read_model.tokenizer import special_token_ids
@@ -24,7 +24,7 @@ from read_model.tokenizer import special_token_ids
 IGNORE_VALUE = 255  # ground-truth pixels excluded from evaluation (ReasonSeg "ignore" polygons)
 
 
-def num_image_tokens_for(llava: LlavaSettings) -> int:
+def num_image_tokens_for(llava: LlavaConfig) -> int:
     """Image tokens per row: one per CLIP patch (the CLS token is dropped)."""
     return (llava.vision_image_size // llava.vision_patch_size) ** 2
 
@@ -53,7 +53,7 @@ def _move(obj: object, device: torch.device | str, dtype: torch.dtype | None) ->
     return replace(obj, **changes)  # type: ignore[type-var]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ReadBatch:
     """Tensors for a training / teacher-forced step."""
 
@@ -73,7 +73,7 @@ class ReadBatch:
         return _move(self, device, dtype)  # type: ignore[return-value]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PromptBatch:
     """Tensors for batched generation: left-padded prompts ending with "ASSISTANT:"."""
 

@@ -26,7 +26,7 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from read_model.config import ReadConfig, from_dict, to_dict
+from read_model.config import ReadConfig, from_dict, to_dict, upgrade_legacy_model_dict
 from read_model.llava import base_llava
 from read_model.model import ReadModel, build_model
 
@@ -67,8 +67,14 @@ def save_trainable(
 
 
 def load_trainable(directory: str | Path, model: ReadModel) -> None:
-    """Load `trainable.safetensors` into `model`; every stored key must exist with its shape."""
-    path = Path(directory) / TRAINABLE_FILE
+    """Load `trainable.safetensors` into `model`.
+
+    Every stored key must exist with its shape, and every tensor the model trains (plus the
+    full-state prefixes the checkpoint declares) must be stored: a checkpoint saved with other
+    `trainable` / `lora` settings would otherwise load half-trained without a word.
+    """
+    directory = Path(directory)
+    path = directory / TRAINABLE_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} not found")
     state = load_file(str(path))
@@ -79,6 +85,18 @@ def load_trainable(directory: str | Path, model: ReadModel) -> None:
         raise CheckpointError(
             f"{path} does not match the model: unexpected keys {unexpected[:5]}, "
             f"shape mismatches {wrong[:5]} (was it saved with another config?)"
+        )
+    full_prefixes = tuple(_read_json(directory / META_FILE).get("full_state", ())) if (
+        directory / META_FILE).is_file() else ()
+    required = {name for name, p in model.named_parameters() if p.requires_grad}
+    required |= {k for k in expected if full_prefixes and k.startswith(full_prefixes)}
+    missing = sorted(required - set(state))
+    if missing:
+        shown = ", ".join(missing[:8]) + (f", ... ({len(missing)} in all)" if len(missing) > 8
+                                           else "")
+        raise CheckpointError(
+            f"{path} lacks tensors this model trains: {shown}; it was saved with other "
+            "`trainable` / `lora` settings, and loading it would leave them untrained"
         )
     model.load_state_dict(state, strict=False)
 
@@ -135,7 +153,9 @@ def load_model_dir(directory: str | Path) -> tuple[ReadModel, Any, ReadConfig]:
     meta = _read_json(directory / META_FILE)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{directory}: unknown checkpoint format {meta.get('format')!r}")
-    config = from_dict(ReadConfig, _read_json(directory / CONFIG_FILE), "model")
+    stored = upgrade_legacy_model_dict(_read_json(directory / CONFIG_FILE))
+    config = from_dict(ReadConfig, stored, "model")
+    config.validate()  # a damaged or hand-edited read_config.json fails here, by key
     kind = meta.get("kind")
     if kind == "trainable":
         build_config = _with_tokenizer(config, directory / TOKENIZER_DIR)
@@ -148,15 +168,18 @@ def load_model_dir(directory: str | Path) -> tuple[ReadModel, Any, ReadConfig]:
             build_config,
             llava=dataclasses.replace(config.llava, path=str(llava_dir)),
             sam=dataclasses.replace(config.sam, checkpoint=""),
+            init_heads="",  # the heads file below holds them
         )
         model, tokenizer = build_model(build_config)
-        _load_heads(directory / HEADS_FILE, model)
+        load_heads(directory / HEADS_FILE, model)
     else:
         raise CheckpointError(f"{directory}: unknown checkpoint kind {kind!r}")
     return model, tokenizer, config
 
 
-def _load_heads(path: Path, model: ReadModel) -> None:
+def load_heads(path: str | Path, model: ReadModel) -> None:
+    """SAM and [SEG] projection weights from a `read_heads.safetensors`, strictly."""
+    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} not found")
     state = load_file(str(path))
@@ -179,7 +202,7 @@ def _unrestorable_prefixes(config: ReadConfig) -> tuple[str, ...]:
     prefixes = ["projection."]
     if not config.llava.path:
         prefixes.append("llava.")
-    if not config.sam.checkpoint:
+    if not config.sam.checkpoint and not config.init_heads:
         prefixes.append("sam.")
     return tuple(prefixes)
 

@@ -1,4 +1,4 @@
-"""The llava_v1 conversation format READ trains with (upstream-spec §2).
+"""The llava_v1 conversation format READ trains with (`READ:model/llava/conversation.py`).
 
 A single-turn conversation renders as ``"{system} USER: {question} ASSISTANT: {answer}</s>"``; the
 generation prompt stops at ``"ASSISTANT:"`` so the model writes the answer itself. Training text
@@ -16,7 +16,7 @@ LLAVA_V1_SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
 )
-# Upstream's evaluation scripts fell back to this one (a train/test mismatch, upstream-spec §11.14);
+# Upstream's evaluation scripts fell back to this one (a train/test mismatch, docs/fidelity.md);
 # kept so that behaviour can be reproduced on purpose.
 VICUNA_V1_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "

@@ -2,7 +2,8 @@
 
     read-convert SRC DST --clip CLIP_DIR [--sam-checkpoint sam_vit_h_4b8939.pth]
 
-SRC is the LLaVA-original layout (upstream-spec §12): a flat LLaMA ``config.json``, weights in
+SRC is the LLaVA-original layout (`READ:merge_lora_weights_and_save_hf_model.py` output): a flat
+LLaMA ``config.json``, weights in
 safetensors or ``pytorch_model*.bin`` shards (read with ``weights_only=True``), and the slow LLaMA
 tokenizer with ``[SEG]``/``<im_start>``/``<im_end>`` added. Un-merged peft dumps
 (``base_model.model.*`` with ``lora_A/lora_B``) are merged on the way. DST is a *merged* READ
@@ -31,9 +32,11 @@ from torch import Tensor
 
 from read_model.checkpoint import CONFIG_FILE, FORMAT, HEADS_FILE, LLAVA_DIR, META_FILE
 from read_model.config import (
-    LoraSettings,
+    ConfigError,
+    LlavaConfig,
+    LoraConfig,
     ReadConfig,
-    SamSettings,
+    SamConfig,
     SasPConfig,
     TokenizerConfig,
     to_dict,
@@ -48,7 +51,7 @@ from read_model.conversion.keys import (
     upstream_destination,
     with_placeholder_row,
 )
-from read_model.conversion.shapes import llava_settings, sam_settings
+from read_model.conversion.shapes import llava_config_from_source, sam_config_from_weights
 from read_model.conversion.tensors import ConversionError, ShardWriter, TensorStore
 from read_model.conversion.tokens import ConvertedTokenizer, convert_tokenizer
 from read_model.llava import llava_config, resolve_dtype
@@ -112,7 +115,9 @@ def convert_released(source: str | Path, destination: str | Path, options: Conve
     dtype_name = options.dtype or str(source_config.get("torch_dtype") or "float32")
     dtype = resolve_dtype(dtype_name)
 
-    settings = llava_settings(source_config, clip_config.to_dict(), torch_dtype=dtype_name)
+    settings = llava_config_from_source(
+        source_config, clip_config.to_dict(), torch_dtype=dtype_name
+    )
     settings = dataclasses.replace(settings, vocab_size=converted.vocab_rows)
     hf_config = llava_config(settings, converted.vocab_rows, ids.image, ids.pad)
     hf_config.vision_config = clip_config
@@ -121,12 +126,22 @@ def convert_released(source: str | Path, destination: str | Path, options: Conve
     hf_config.text_config.bos_token_id, hf_config.text_config.eos_token_id = ids.bos, ids.eos
 
     sam_keys = [k[len("sam.") :] for k in heads_getters if k.startswith("sam.")]
-    sam = sam_settings(
+    sam = sam_config_from_weights(
         sam_keys, lambda k: heads_getters[f"sam.{k}"](), decoder_heads=options.sam_decoder_heads
     )
     if "projection.layers.2.weight" not in heads_getters:
         raise ConversionError("the source has no model.text_hidden_fcs ([SEG] projection)")
     projection_dim = int(heads_getters["projection.layers.2.weight"]().shape[0])
+    config = ReadConfig(
+        tokenizer=tokenizer_config,
+        llava=settings,
+        sam=sam,
+        sasp=options.sasp,
+        lora=LoraConfig(enabled=False),
+        prompt_mode="points_dtoc",
+        projection_dim=projection_dim,
+    )
+    config.validate()  # before anything is written
 
     destination.mkdir(parents=True, exist_ok=True)
     llava_dir = destination / LLAVA_DIR
@@ -137,16 +152,6 @@ def convert_released(source: str | Path, destination: str | Path, options: Conve
     _write_generation_config(llava_dir, ids)
     _write_heads(destination / HEADS_FILE, heads_getters, sam, settings.text_hidden_size, projection_dim)
 
-    sasp = dataclasses.replace(options.sasp, clip_image_size=settings.vision_image_size)
-    config = ReadConfig(
-        tokenizer=tokenizer_config,
-        llava=settings,
-        sam=sam,
-        sasp=sasp,
-        lora=LoraSettings(enabled=False),
-        prompt_mode="points_dtoc",
-        projection_dim=projection_dim,
-    )
     _write_json(destination / CONFIG_FILE, to_dict(config))
     _write_json(destination / META_FILE, {"format": FORMAT, "kind": "merged"})
     _write_json(
@@ -286,7 +291,7 @@ def _write_llava(
 def _write_heads(
     path: Path,
     getters: dict[str, Getter],
-    sam: SamSettings,
+    sam: SamConfig,
     hidden_size: int,
     projection_dim: int,
 ) -> None:
@@ -297,7 +302,9 @@ def _write_heads(
     expected.update(
         {
             f"projection.{k}": v
-            for k, v in _expected_shapes(lambda: SegProjection(hidden_size, projection_dim)).items()
+            for k, v in _expected_shapes(
+                lambda: SegProjection(hidden_size=hidden_size, projection_dim=projection_dim)
+            ).items()
         }
     )
     _check_keys("SAM / [SEG] projection", expected, set(getters))
@@ -378,8 +385,11 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer_legacy=args.tokenizer_legacy,
     )
     try:
+        # The SasP options first, before any input is read; the whole model config (with the
+        # shapes read from the source) is validated again before anything is written.
+        ReadConfig(llava=LlavaConfig(path=str(args.source)), sasp=options.sasp).validate()
         out = convert_released(args.source, args.destination, options)
-    except ConversionError as error:
+    except (ConversionError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     provenance = json.loads((out / PROVENANCE_FILE).read_text(encoding="utf-8"))

@@ -1,4 +1,7 @@
-"""DtoC: discrete SasP points -> continuous, differentiable coordinates (upstream-spec §5).
+"""DtoC: discrete SasP points -> continuous, differentiable coordinates.
+
+Upstream: `READ:model/READ.py` `Discrete_to_Continuous`; what is kept and what differs:
+docs/fidelity.md.
 
 Upstream refines each integer point p0 on the full-resolution similarity map M (H×W):
 

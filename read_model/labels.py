@@ -1,14 +1,26 @@
-"""Token ids and cross-entropy labels for one conversation (upstream-spec §2, §13).
+"""Token ids and cross-entropy labels for one conversation, as upstream builds them.
 
 The prompt is split on the image placeholder and each piece is tokenised on its own, with one
-BOS at the front, as upstream's `tokenizer_image_token` does; the placeholder becomes
-`num_image_tokens` copies of the image token id, which is the layout transformers' LLaVA expects.
-The answer is tokenised separately from the prompt, so the boundary between ignored and counted
-tokens is exact for any tokenizer and the counted tokens are the ones generation would produce.
+BOS at the front, as upstream's `tokenizer_image_token` does (`READ:model/llava/mm_utils.py`);
+the placeholder becomes `num_image_tokens` copies of the image token id, which is the layout
+transformers' LLaVA expects.
+
+Spacing around READ's added tokens follows `TokenizerConfig.added_token_spacing`. "upstream"
+reproduces the slow LLaMA tokenizer of transformers 4.31 that trained and evaluated every
+released checkpoint: the text is cut at ``[SEG]``, ``<im_start>`` and ``<im_end>``, whitespace
+touching them is dropped, and each remaining piece is encoded on its own (so it gets
+sentencepiece's leading "▁"). "USER: <im_start>" is then ":", "<im_start>"; "<im_end>\\nWhere"
+is "<im_end>", "▁Where"; "is [SEG]." is "▁is", "[SEG]", "▁.". The answer is encoded in context
+(prompt + " " + answer) and labelled from the end of the prompt, which equals upstream's
+``len(instruction + " ASSISTANT: ") - 2`` rule (`READ:dataloaders/utils.py`); the prompt must be
+a prefix of the training row, so generation is asked for exactly the tokens training taught.
+"tokenizer" leaves spacing to the loaded tokenizer and encodes the answer on its own.
+Golden ids from that stack: tests/test_token_parity.py (docs/fidelity.md).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
@@ -29,10 +41,77 @@ class EncodedRow:
     truncated: bool = False
 
 
-def _text_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+def stripped_tokens(cfg: TokenizerConfig) -> tuple[str, ...]:
+    """The added tokens whose surrounding whitespace upstream's tokenizer dropped."""
+    markers = [cfg.seg_token]
+    if cfg.use_im_start_end:
+        markers += [cfg.im_start_token, cfg.im_end_token]
+    return tuple(markers)
+
+
+def split_at_tokens(text: str, tokens: tuple[str, ...]) -> list[str]:
+    """`text` cut at every token occurrence, whitespace touching a token removed, empties dropped."""
+    if not tokens:
+        return [text] if text else []
+    pattern = "(" + "|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)) + ")"
+    parts = re.split(pattern, text)  # odd positions hold the tokens themselves
+    for index in range(1, len(parts), 2):
+        parts[index - 1] = parts[index - 1].rstrip()
+        parts[index + 1] = parts[index + 1].lstrip()
+    return [part for part in parts if part]
+
+
+def text_ids(tokenizer: PreTrainedTokenizerBase, text: str, cfg: TokenizerConfig) -> list[int]:
+    """Ids of a text without BOS/EOS, with the configured spacing around added tokens."""
     if not text:
         return []
+    if cfg.added_token_spacing == "tokenizer":
+        return _encode(tokenizer, text)
+    markers = stripped_tokens(cfg)
+    ids: list[int] = []
+    for piece in split_at_tokens(text, markers):
+        if piece in markers:
+            ids.append(int(tokenizer.convert_tokens_to_ids(piece)))
+        else:
+            ids.extend(_encode(tokenizer, piece))
+    return ids
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _check_question(question: str, num_image_tokens: int, cfg: TokenizerConfig) -> None:
+    if question.count(cfg.image_token) != 1:
+        raise ValueError(
+            f"a question must hold exactly one {cfg.image_token!r}, got "
+            f"{question.count(cfg.image_token)} in {question[:80]!r}"
+        )
+    if num_image_tokens < 1:
+        raise ValueError(f"num_image_tokens must be >= 1, got {num_image_tokens}")
+
+
+def _image_text_ids(
+    text: str,
+    tokenizer: PreTrainedTokenizerBase,
+    ids: SpecialTokenIds,
+    num_image_tokens: int,
+    cfg: TokenizerConfig,
+) -> list[int]:
+    """BOS + the chunks around the one image placeholder, each encoded on its own."""
+    before, after = text.split(cfg.image_token)
+    return (
+        [ids.bos]
+        + text_ids(tokenizer, before, cfg)
+        + [ids.image] * num_image_tokens
+        + text_ids(tokenizer, after, cfg)
+    )
+
+
+def _wrapped(question: str, cfg: TokenizerConfig) -> str:
+    return wrap_image_token(
+        question, cfg.use_im_start_end, cfg.image_token, cfg.im_start_token, cfg.im_end_token
+    )
 
 
 def encode_prompt(
@@ -44,33 +123,26 @@ def encode_prompt(
     template: ConversationTemplate = LLAVA_V1,
 ) -> list[int]:
     """BOS + the generation prompt, with the one image placeholder expanded to image token ids."""
-    if question.count(cfg.image_token) != 1:
-        raise ValueError(
-            f"a question must hold exactly one {cfg.image_token!r}, got "
-            f"{question.count(cfg.image_token)} in {question[:80]!r}"
-        )
-    if num_image_tokens < 1:
-        raise ValueError(f"num_image_tokens must be >= 1, got {num_image_tokens}")
-    text = render_prompt(
-        wrap_image_token(
-            question, cfg.use_im_start_end, cfg.image_token, cfg.im_start_token, cfg.im_end_token
-        ),
-        template,
-    )
-    before, after = text.split(cfg.image_token)
-    return (
-        [ids.bos]
-        + _text_ids(tokenizer, before)
-        + [ids.image] * num_image_tokens
-        + _text_ids(tokenizer, after)
-    )
+    _check_question(question, num_image_tokens, cfg)
+    text = render_prompt(_wrapped(question, cfg), template)
+    return _image_text_ids(text, tokenizer, ids, num_image_tokens, cfg)
 
 
 def encode_answer(
-    answer: str, tokenizer: PreTrainedTokenizerBase, ids: SpecialTokenIds
+    answer: str,
+    tokenizer: PreTrainedTokenizerBase,
+    ids: SpecialTokenIds,
+    cfg: TokenizerConfig | None = None,
 ) -> list[int]:
-    """The assistant's tokens after "ASSISTANT:": the spaced answer, then EOS (the "</s>" sep2)."""
-    return [*_text_ids(tokenizer, f" {answer}"), ids.eos]
+    """The assistant's tokens after "ASSISTANT:" encoded on their own, then EOS ("</s>").
+
+    Equal to the in-context tokens for sentencepiece vocabularies under "upstream" spacing;
+    `encode_conversation` checks that and uses the in-context ones.
+    """
+    cfg = cfg or TokenizerConfig()
+    if cfg.added_token_spacing == "tokenizer":
+        return [*_encode(tokenizer, f" {answer}"), ids.eos]
+    return [*text_ids(tokenizer, answer, cfg), ids.eos]
 
 
 def encode_conversation(
@@ -88,7 +160,18 @@ def encode_conversation(
     a prompt that alone does not fit is an error, since cutting it would cut the image.
     """
     prompt_ids = encode_prompt(question, tokenizer, ids, num_image_tokens, cfg, template)
-    answer_ids = encode_answer(answer, tokenizer, ids)
+    if cfg.added_token_spacing == "tokenizer":
+        answer_ids = encode_answer(answer, tokenizer, ids, cfg)
+    else:
+        text = render_prompt(_wrapped(question, cfg), template) + f" {answer}"
+        full = _image_text_ids(text, tokenizer, ids, num_image_tokens, cfg)
+        if full[: len(prompt_ids)] != prompt_ids:
+            raise ValueError(
+                f"the tokenizer merges the answer {answer[:40]!r} into the prompt; training "
+                "would teach tokens generation is never asked for (use a sentencepiece "
+                "tokenizer or tokenizer.added_token_spacing=tokenizer)"
+            )
+        answer_ids = [*full[len(prompt_ids) :], ids.eos]
     limit = cfg.model_max_length
     if len(prompt_ids) >= limit:
         raise ValueError(

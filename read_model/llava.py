@@ -7,14 +7,17 @@ and the logits. :class:`LlavaParts` names the sub-modules so the model can compo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model
 from torch import Tensor, nn
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaForConditionalGeneration
+from transformers import LlavaConfig as HfLlavaConfig
 
-from read_model.config import LlavaSettings, LoraSettings
+from read_model.config import LlavaConfig, LoraConfig
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -26,12 +29,18 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 
 def build_llava(
-    settings: LlavaSettings, *, vocab_size: int, image_token_id: int, pad_token_id: int
+    settings: LlavaConfig,
+    *,
+    vocab_size: int,
+    image_token_id: int,
+    pad_token_id: int,
+    new_token_ids: Sequence[int] = (),
 ) -> LlavaForConditionalGeneration:
     """Load `settings.path` (llava-hf layout) or build the shapes in `settings` with random weights.
 
     The embedding / LM-head matrices grow to `vocab_size` rows when the tokenizer (with `[SEG]`
-    added) outgrows them.
+    added) outgrows them; the rows of `new_token_ids` (tokens the loaded checkpoint did not
+    have) are then initialised per `settings.new_token_init`.
     """
     dtype = resolve_dtype(settings.torch_dtype)
     if settings.path:
@@ -44,9 +53,10 @@ def build_llava(
                 f"from the tokenizer's <image> id {image_token_id}"
             )
         if llava.get_input_embeddings().num_embeddings < vocab_size:
-            # Grow only (llava-hf pads its matrix to a multiple of 64); upstream initialises
-            # added rows with normal(0, 0.02), not the embedding mean.
+            # Grow only (llava-hf pads its matrix to a multiple of 64, so READ's tokens usually
+            # land on existing padding rows instead).
             llava.resize_token_embeddings(vocab_size, mean_resizing=False)
+        init_new_token_rows(llava, new_token_ids, settings)
     else:
         llava = LlavaForConditionalGeneration(
             llava_config(settings, vocab_size, image_token_id, pad_token_id)
@@ -55,9 +65,28 @@ def build_llava(
     return llava
 
 
+def init_new_token_rows(
+    llava: LlavaForConditionalGeneration, token_ids: Sequence[int], settings: LlavaConfig
+) -> None:
+    """Draw the embedding and LM-head rows of tokens new to a loaded checkpoint from
+    N(0, std), as upstream's `resize_token_embeddings` (transformers 4.31 `_init_weights`) did
+    for [SEG] / <im_start> / <im_end> on LLaVA-1.5; the caller seeds the generator."""
+    if settings.new_token_init == "keep" or not token_ids:
+        return
+    rows = torch.as_tensor(sorted(set(int(i) for i in token_ids)), dtype=torch.long)
+    with torch.no_grad():
+        for matrix in (llava.get_input_embeddings().weight, llava.get_output_embeddings().weight):
+            if int(rows.max()) >= matrix.shape[0]:
+                raise ValueError(f"new token id {int(rows.max())} has no row in a "
+                                 f"{matrix.shape[0]}-row matrix")
+            drawn = torch.randn((len(rows), matrix.shape[1]), dtype=torch.float32)
+            matrix[rows.to(matrix.device)] = (drawn * settings.new_token_init_std).to(
+                device=matrix.device, dtype=matrix.dtype)
+
+
 def llava_config(
-    settings: LlavaSettings, vocab_size: int, image_token_id: int, pad_token_id: int
-) -> LlavaConfig:
+    settings: LlavaConfig, vocab_size: int, image_token_id: int, pad_token_id: int
+) -> HfLlavaConfig:
     """A llava-hf config for the shapes in `settings` (CLIP vision tower + Llama text model)."""
     vision = CLIPVisionConfig(
         hidden_size=settings.vision_hidden_size,
@@ -81,7 +110,7 @@ def llava_config(
         tie_word_embeddings=False,
     )
     grid = settings.vision_image_size // settings.vision_patch_size
-    config = LlavaConfig(
+    config = HfLlavaConfig(
         vision_config=vision,
         text_config=text,
         image_token_index=image_token_id,
@@ -95,7 +124,7 @@ def llava_config(
     return config
 
 
-def apply_lora(llava: nn.Module, settings: LoraSettings) -> nn.Module:
+def apply_lora(llava: nn.Module, settings: LoraConfig) -> nn.Module:
     """Wrap `llava` with LoRA adapters on the language model's q/v projections (if enabled).
 
     Returns the peft wrapper (or `llava` itself when LoRA is off); LoRA layers are injected in
@@ -103,7 +132,7 @@ def apply_lora(llava: nn.Module, settings: LoraSettings) -> nn.Module:
     """
     if not settings.enabled:
         return llava
-    config = LoraConfig(
+    config = PeftLoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,

@@ -1,4 +1,4 @@
-"""Mask losses and their combination with the LM cross-entropy (upstream-spec §6).
+"""Mask losses and their combination with the LM cross-entropy (`READ:model/READ.py`).
 
 Upstream normalises per mask over the whole micro-batch: every GT mask of every image counts
 once, images without masks (VQA, false premises) add nothing, and the sums are divided by

@@ -1,4 +1,5 @@
-"""gIoU / cIoU (upstream-spec §8.1) and See accuracy (§8.2) as mergeable accumulators.
+"""gIoU / cIoU (`READ:utils.py`, `READ:train_read.py`) and See accuracy (`READ:test_read.py`) as
+mergeable accumulators (docs/fidelity.md).
 
 Counting follows upstream's ``intersectionAndUnionGPU`` for class 1: pixels whose GT is the
 ignore value leave every count; a GT value other than 0, 1 and the ignore value (COCO's

@@ -24,6 +24,7 @@ from segment_anything.modeling import Sam
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from read_model.batch import ReadBatch
 from read_model.config import ReadConfig
 from read_model.llava import LlavaParts, apply_lora, base_llava, build_llava
 from read_model.projection import SegProjection
@@ -33,7 +34,7 @@ from read_model.tokenizer import SpecialTokenIds
 IGNORE_INDEX = -100
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SegmentOutput:
     """Everything produced for the [SEG] tokens of a batch, grouped per image.
 
@@ -49,9 +50,47 @@ class SegmentOutput:
     coords: Tensor | None = None  # [S, K, 2] DtoC coordinates (original px)
     labels: Tensor | None = None  # [S, K] in {1, 0, -1}
     similarity_map: Tensor | None = None  # [S, g, g] min-max normalised
+    # [S, K, 2] the points of the prompt mode: `coords` for points_dtoc, else `points`. SAM is
+    # prompted with them whenever the mode uses points; seg_only still reports them for figures.
+    prompt_points: Tensor | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
+class ReadLosses:
+    """The training losses of one batch (scalars; upstream's weighting, see `read_model.losses`)."""
+
+    ce: Tensor  # next-token cross-entropy over answer tokens
+    bce: Tensor  # per-mask-normalised BCE over the [SEG] masks
+    dice: Tensor
+    mask_loss: Tensor  # bce_weight * bce + dice_weight * dice
+    total: Tensor  # ce_weight * ce + mask_loss: what training minimises
+
+
+@dataclass(kw_only=True)
+class TrainingOutput:
+    """`ReadModel.forward`: the losses and the [SEG] segments they were computed from."""
+
+    losses: ReadLosses
+    segments: SegmentOutput
+
+    @property
+    def mask_logits(self) -> list[Tensor]:
+        return self.segments.mask_logits
+
+
+@dataclass(kw_only=True)
+class TeacherForcedOutput:
+    """`ReadModel.score_teacher_forced`: per-image masks (logits > threshold) and segments."""
+
+    masks: list[Tensor]  # per image [n_i, H, W] bool
+    segments: SegmentOutput
+
+    @property
+    def mask_logits(self) -> list[Tensor]:
+        return self.segments.mask_logits
+
+
+@dataclass(kw_only=True)
 class Prediction:
     """The answer to one question: text, presence, and one mask per generated [SEG]."""
 
@@ -81,6 +120,7 @@ class ReadModel(nn.Module):
 
     def __init__(
         self,
+        *,
         config: ReadConfig,
         llava: nn.Module,
         sam: Sam,
@@ -88,19 +128,27 @@ class ReadModel(nn.Module):
         tokenizer: Any,
         token_ids: SpecialTokenIds,
     ) -> None:
+        """
+        Arguments:
+          config (ReadConfig): the model's configuration; validated here against the vision
+            tower actually built (a loaded llava-hf config's image and patch size win).
+          llava (nn.Module): LlavaForConditionalGeneration, or its peft (LoRA) wrapper.
+          sam (Sam): segment-anything's SAM; its prompt encoder runs in fp32.
+          projection (SegProjection): [SEG] query -> SAM prompt token.
+          tokenizer: the tokenizer with READ's special tokens added.
+          token_ids (SpecialTokenIds): ids of <image>, [SEG], pad and eos in `tokenizer`.
+        """
         super().__init__()
         from read_model.sasp import SasP
 
-        if config.projection_dim != config.sam.prompt_embed_dim:
-            raise ValueError(
-                f"projection_dim {config.projection_dim} must equal sam.prompt_embed_dim "
-                f"{config.sam.prompt_embed_dim}: the [SEG] embedding is a SAM sparse token"
-            )
+        vision = base_llava(llava).config.vision_config
+        config.validate(vision_image_size=vision.image_size, vision_patch_size=vision.patch_size)
         self.config = config
         self.llava = llava
         self.sam = sam
         self.projection = projection
-        self.sasp = SasP(config.sasp)
+        # The similarity grid covers CLIP's center crop: the vision tower's own image size.
+        self.sasp = SasP(config.sasp, clip_image_size=vision.image_size)
         self.tokenizer = tokenizer
         self.token_ids = token_ids
 
@@ -114,7 +162,7 @@ class ReadModel(nn.Module):
         return self.parts.num_image_tokens
 
     def configure_trainable(self) -> None:
-        """requires_grad from `config.trainable` (upstream-spec §3.3); LoRA adapters always train."""
+        """requires_grad from `config.trainable` (docs/fidelity.md); LoRA adapters always train."""
         settings, parts = self.config.trainable, self.parts
         self.requires_grad_(False)
         for name, param in self.named_parameters():
@@ -234,9 +282,9 @@ class ReadModel(nn.Module):
             )
             out.points, out.coords, out.labels = sasp.points, sasp.coords, sasp.labels
             out.similarity_map = sasp.similarity_map
-        prompt_points = None
-        if use_points:
-            prompt_points = out.coords if mode == "points_dtoc" else out.points.detach()
+        if with_sasp:
+            out.prompt_points = out.coords if mode == "points_dtoc" else out.points.detach()
+        prompt_points = out.prompt_points if use_points else None
         seg_embeddings = self.projection(queries) if use_seg_embedding else None
 
         start = 0
@@ -266,15 +314,15 @@ class ReadModel(nn.Module):
         return out
 
     # ------------------------------------------------------------------ entry points
-    def _teacher_forced_states(self, batch: Any) -> tuple[Tensor, Tensor]:
+    def _teacher_forced_states(self, batch: ReadBatch) -> tuple[Tensor, Tensor]:
         """Last-layer states of every row (image features shared per image) + SAM embeddings."""
         features, sam_embeddings = self.encode_images(batch.clip_pixels, batch.sam_pixels)
         row_features = features[batch.row_image.to(features.device)]
         hidden, _ = self.language_forward(batch.input_ids, batch.attention_mask, row_features)
         return hidden, sam_embeddings
 
-    def forward(self, batch: Any) -> dict[str, Any]:
-        """Training losses for a `ReadBatch`: ce, bce, dice, mask_loss, total (+ mask_logits)."""
+    def forward(self, batch: ReadBatch) -> TrainingOutput:
+        """Training losses for a `ReadBatch` and the segments (mask logits) behind them."""
         from read_model.losses import combine_losses, mask_loss, mask_losses
 
         loss_cfg = self.config.loss
@@ -294,19 +342,20 @@ class ReadModel(nn.Module):
         gt = [g.to(device=hidden.device, dtype=torch.float32) for g in batch.gt_masks]
         mask_terms = mask_losses(segments.mask_logits, gt, loss_cfg)
         bce, dice = mask_terms["bce"], mask_terms["dice"]
-        return {
-            "ce": ce,
-            "bce": bce,
-            "dice": dice,
-            "mask_loss": mask_loss(bce, dice, loss_cfg),
-            "total": combine_losses(ce, bce, dice, loss_cfg),
-            "mask_logits": segments.mask_logits,
-            "segments": segments,
-        }
+        losses = ReadLosses(
+            ce=ce,
+            bce=bce,
+            dice=dice,
+            mask_loss=mask_loss(bce, dice, loss_cfg),
+            total=combine_losses(ce, bce, dice, loss_cfg),
+        )
+        return TrainingOutput(losses=losses, segments=segments)
 
     @torch.no_grad()
     @_in_eval_mode
-    def score_teacher_forced(self, batch: Any, *, use_seg_embedding: bool = True) -> dict[str, Any]:
+    def score_teacher_forced(
+        self, batch: ReadBatch, *, use_seg_embedding: bool = True
+    ) -> TeacherForcedOutput:
         """Upstream's validation protocol: one forward with the answer in the prompt, masks at
         logits > threshold, no generation. `use_seg_embedding=False` prompts SAM with the SasP
         points only (the paper's points-only analysis)."""
@@ -322,11 +371,9 @@ class ReadModel(nn.Module):
             use_seg_embedding=use_seg_embedding,
         )
         threshold = self.config.sam.mask_threshold
-        return {
-            "mask_logits": segments.mask_logits,
-            "masks": [logits > threshold for logits in segments.mask_logits],
-            "segments": segments,
-        }
+        return TeacherForcedOutput(
+            masks=[logits > threshold for logits in segments.mask_logits], segments=segments
+        )
 
     @torch.no_grad()
     def generate_greedy(
@@ -375,7 +422,7 @@ class ReadModel(nn.Module):
         self,
         images: list[np.ndarray],
         questions: list[str],
-        max_new_tokens: int = 32,
+        max_new_tokens: int = 512,
         *,
         use_seg_embedding: bool = True,
     ) -> list[Prediction]:
@@ -431,9 +478,6 @@ class ReadModel(nn.Module):
         num_points = self.config.sasp.num_points
         offsets = np.cumsum([0] + [m.shape[0] for m in segments.mask_logits]).tolist()
         seg_rows = segments.seg_rows.tolist()
-        prompt_points = (
-            segments.coords if self.config.prompt_mode == "points_dtoc" else segments.points
-        )
         predictions = []
         for row, image in enumerate(row_image.tolist()):
             height, width = original_sizes[image]
@@ -445,7 +489,7 @@ class ReadModel(nn.Module):
                 local = torch.tensor([s - offsets[image] for s in picked])
                 index = torch.tensor(picked, device=segments.seg_rows.device)
                 logits = segments.mask_logits[image][local.to(generated.device)]
-                points, labels = prompt_points[index].detach(), segments.labels[index]
+                points, labels = segments.prompt_points[index].detach(), segments.labels[index]
                 similarity = segments.similarity_map[index]
             else:
                 logits = torch.zeros((0, height, width), device=generated.device)
@@ -500,7 +544,7 @@ def shifted_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     return total / count
 
 
-def _answer_positions(batch: Any) -> Tensor:
+def _answer_positions(batch: ReadBatch) -> Tensor:
     """Where a [SEG] counts in a teacher-forced row: answer tokens only (labels != -100)."""
     return batch.labels.to(batch.input_ids.device) != IGNORE_INDEX
 
@@ -523,10 +567,18 @@ def build_model(config: ReadConfig) -> tuple[ReadModel, Any]:
     Randomly initialised parts are seeded with `config.seed` (inside a forked RNG, so the caller's
     random state is untouched): the same config builds the same weights.
     """
-    from read_model.tokenizer import load_tokenizer, special_token_ids
+    from read_model.tokenizer import load_tokenizer, special_token_ids, tokens_new_to
 
+    config.validate()  # before anything is loaded or allocated
     tokenizer = load_tokenizer(config.tokenizer, config.llava.path)
     token_ids = special_token_ids(tokenizer, config.tokenizer)
+    new_tokens: list[str] = []
+    if config.llava.path:  # READ's tokens the loaded checkpoint never trained (llava-hf)
+        tok_cfg = config.tokenizer
+        read_tokens = [tok_cfg.seg_token, tok_cfg.image_token]
+        if tok_cfg.use_im_start_end:
+            read_tokens += [tok_cfg.im_start_token, tok_cfg.im_end_token]
+        new_tokens = tokens_new_to(config.llava.path, read_tokens)
     image_token_id = (
         config.llava.image_token_id if config.llava.image_token_id >= 0 else token_ids.image
     )
@@ -542,17 +594,31 @@ def build_model(config: ReadConfig) -> tuple[ReadModel, Any]:
             vocab_size=vocab_size,
             image_token_id=image_token_id,
             pad_token_id=token_ids.pad,
+            new_token_ids=[tokenizer.convert_tokens_to_ids(t) for t in new_tokens],
         )
         dtype = next(llava.parameters()).dtype
         sam = build_sam(config.sam).to(dtype)
         sam.prompt_encoder.float()  # pip SAM does not cast point coordinates (stack notes)
-        projection = SegProjection(llava.config.text_config.hidden_size, config.projection_dim)
+        projection = SegProjection(
+            hidden_size=llava.config.text_config.hidden_size, projection_dim=config.projection_dim
+        )
         projection = projection.to(dtype)
         wrapped = apply_lora(llava, config.lora)
     if config.llava.gradient_checkpointing:
         llava.activation_checkpointing_enable(
             activation_checkpointing_kwargs={"use_reentrant": False}
         )
-    model = ReadModel(config, wrapped, sam, projection, tokenizer, token_ids)
+    model = ReadModel(
+        config=config,
+        llava=wrapped,
+        sam=sam,
+        projection=projection,
+        tokenizer=tokenizer,
+        token_ids=token_ids,
+    )
+    if config.init_heads:  # SAM + [SEG] projection of a released / earlier READ model
+        from read_model.checkpoint import load_heads
+
+        load_heads(config.init_heads, model)
     model.configure_trainable()
     return model, tokenizer

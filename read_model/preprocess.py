@@ -2,11 +2,11 @@
 
 READ center-crops the CLIP input (shortest edge to S, bicubic, then an S×S center crop) instead
 of LLaVA-1.5's pad-to-square, so the borders of a non-square image are invisible to the LLM and
-SasP maps the crop back geometrically (upstream-spec §3.1). The resize goes through PIL, as the
+SasP maps the crop back geometrically (`READ:dataloaders/base_dataset.py`). The resize goes through PIL, as the
 processor upstream trained with did; the result equals transformers' PIL-backed
 `CLIPImageProcessorPil` and differs from its torchvision-backed twin only by interpolation noise.
 SAM's input is ResizeLongestSide (from `segment_anything` itself), normalised, zero-padded
-bottom/right to a square frame (upstream-spec §3.2).
+bottom/right to a square frame (docs/fidelity.md).
 """
 
 from __future__ import annotations

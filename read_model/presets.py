@@ -9,9 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from read_model.config import ConfigError, ReadConfig, from_dict
+from read_model.config import ConfigError, ReadConfig, from_dict, load_yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -31,28 +29,9 @@ def preset_path(path_or_name: str | Path) -> Path:
 def load_model_config(path_or_name: str | Path) -> ReadConfig:
     """The validated `ReadConfig` in the `model:` section of a preset YAML."""
     path = preset_path(path_or_name)
-    with open(path, encoding="utf-8") as handle:
-        document: Any = yaml.safe_load(handle) or {}
+    document: Any = load_yaml(path.read_text(encoding="utf-8")) or {}
     if not isinstance(document, dict) or "model" not in document:
         raise ConfigError(f"{path} has no `model:` section")
     config = from_dict(ReadConfig, document["model"], "model")
-    check_model_config(config)
+    config.validate()
     return config
-
-
-def check_model_config(config: ReadConfig) -> None:
-    """Refuse combinations that would only fail deep inside a forward pass."""
-    if config.projection_dim != config.sam.prompt_embed_dim:
-        raise ConfigError(
-            f"model.projection_dim ({config.projection_dim}) must equal model.sam.prompt_embed_dim "
-            f"({config.sam.prompt_embed_dim}): the [SEG] embedding is a SAM prompt token"
-        )
-    llava = config.llava
-    if not llava.path and config.sasp.clip_image_size != llava.vision_image_size:
-        raise ConfigError(
-            f"model.sasp.clip_image_size ({config.sasp.clip_image_size}) must equal "
-            f"model.llava.vision_image_size ({llava.vision_image_size}): the similarity grid "
-            "covers CLIP's center crop"
-        )
-    if not llava.path and llava.vision_image_size % llava.vision_patch_size:
-        raise ConfigError("model.llava.vision_image_size must be a multiple of vision_patch_size")

@@ -1,12 +1,12 @@
 """SAM from the segment-anything package: build, load safely, and prompt with points + [SEG].
 
-The official ViT-H/L/B shapes are constructed here from the package's modeling classes rather than
-through ``sam_model_registry``, whose loader calls ``torch.load`` without ``weights_only``.
+Every encoder shape (`SamConfig.encoder`: the official ViT-H/L/B presets or any other) is
+constructed here from the package's modeling classes rather than through
+``sam_model_registry``, whose loader calls ``torch.load`` without ``weights_only``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -21,62 +21,26 @@ from segment_anything.modeling import (
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from read_model.config import SamSettings
-
-
-@dataclass(frozen=True)
-class EncoderShape:
-    """The image-encoder hyper-parameters that distinguish the SAM variants."""
-
-    embed_dim: int
-    depth: int
-    num_heads: int
-    global_attn_indexes: tuple[int, ...]
-    patch_size: int = 16
-    window_size: int = 14
-
-
-# The published SAM encoders (segment-anything's build_sam.py).
-OFFICIAL_ENCODERS: dict[str, EncoderShape] = {
-    "vit_h": EncoderShape(1280, 32, 16, (7, 15, 23, 31)),
-    "vit_l": EncoderShape(1024, 24, 16, (5, 11, 17, 23)),
-    "vit_b": EncoderShape(768, 12, 12, (2, 5, 8, 11)),
-}
+from read_model.config import SamConfig
 
 
 class SamCheckpointError(RuntimeError):
     """A SAM checkpoint that does not match the configured architecture."""
 
 
-def encoder_shape(settings: SamSettings) -> EncoderShape:
-    """The encoder shape for `settings.variant` ("tiny" reads the tiny_* fields)."""
-    if settings.variant == "tiny":
-        return EncoderShape(
-            embed_dim=settings.tiny_embed_dim,
-            depth=settings.tiny_depth,
-            num_heads=settings.tiny_heads,
-            global_attn_indexes=tuple(settings.tiny_global_attn_indexes),
-            patch_size=settings.tiny_patch_size,
-            window_size=settings.tiny_window_size,
-        )
-    return OFFICIAL_ENCODERS[settings.variant]
+def build_sam(config: SamConfig) -> Sam:
+    """Construct SAM for `config` and load `config.checkpoint` (if any) strictly and safely.
 
-
-def build_sam(settings: SamSettings) -> Sam:
-    """Construct SAM for `settings` and load `settings.checkpoint` (if any) strictly and safely."""
-    shape = encoder_shape(settings)
-    if settings.image_size % shape.patch_size:
-        raise ValueError(
-            f"sam.image_size {settings.image_size} is not a multiple of the patch size "
-            f"{shape.patch_size}"
-        )
-    embedding_size = settings.image_size // shape.patch_size
-    dim = settings.prompt_embed_dim
+    `config` is assumed valid (`ReadConfig.validate`): e.g. image_size a multiple of the patch.
+    """
+    shape = config.encoder
+    embedding_size = config.image_size // shape.patch_size
+    dim = config.prompt_embed_dim
     sam = Sam(
         image_encoder=ImageEncoderViT(
             depth=shape.depth,
             embed_dim=shape.embed_dim,
-            img_size=settings.image_size,
+            img_size=config.image_size,
             mlp_ratio=4,
             norm_layer=partial(nn.LayerNorm, eps=1e-6),
             num_heads=shape.num_heads,
@@ -90,26 +54,26 @@ def build_sam(settings: SamSettings) -> Sam:
         prompt_encoder=PromptEncoder(
             embed_dim=dim,
             image_embedding_size=(embedding_size, embedding_size),
-            input_image_size=(settings.image_size, settings.image_size),
+            input_image_size=(config.image_size, config.image_size),
             mask_in_chans=16,
         ),
         mask_decoder=MaskDecoder(
             num_multimask_outputs=3,
             transformer=TwoWayTransformer(
-                depth=settings.decoder_depth,
+                depth=config.decoder_depth,
                 embedding_dim=dim,
-                mlp_dim=settings.decoder_mlp_dim,
-                num_heads=settings.decoder_heads,
+                mlp_dim=config.decoder_mlp_dim,
+                num_heads=config.decoder_heads,
             ),
             transformer_dim=dim,
             iou_head_depth=3,
-            iou_head_hidden_dim=settings.iou_head_hidden_dim,
+            iou_head_hidden_dim=config.iou_head_hidden_dim,
         ),
-        pixel_mean=list(settings.pixel_mean),
-        pixel_std=list(settings.pixel_std),
+        pixel_mean=list(config.pixel_mean),
+        pixel_std=list(config.pixel_std),
     )
-    if settings.checkpoint:
-        load_sam_checkpoint(sam, settings.checkpoint)
+    if config.checkpoint:
+        load_sam_checkpoint(sam, config.checkpoint)
     return sam
 
 
@@ -129,7 +93,7 @@ def load_sam_checkpoint(sam: Sam, path: str | Path) -> None:
     )
     if missing or unexpected or wrong:
         raise SamCheckpointError(
-            f"{path} does not match the configured SAM (variant/image_size/prompt_embed_dim?): "
+            f"{path} does not match the configured SAM (encoder/image_size/prompt_embed_dim?): "
             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, "
             f"shape mismatch {wrong[:5]}"

@@ -1,15 +1,20 @@
-"""SasP (Similarity as Points): similarity scores -> SAM point prompts (upstream-spec §4).
+"""SasP (Similarity as Points): similarity scores -> SAM point prompts.
+
+Upstream: `READ:model/READ.py` `similarity_as_points` / `similarity_map_to_points`; every kept
+and changed behaviour with its test: docs/fidelity.md.
 
 Parameter-free and batched: rows may come from images of different sizes. Upstream's geometry is
 reproduced number for number, truncations included:
 
-* the g×g similarity grid covers CLIP's center crop of side S (``clip_image_size``); the area the
+* the g×g similarity grid covers CLIP's center crop of side S (``clip_image_size``, the vision
+  tower's image size, given by the model); the area the
   crop cut off is restored by symmetric padding ``(int(side·r) - S) // 2`` with ``r = S /
   min(H, W)`` (value 0 for the full-resolution map, -1 for the coarse grid). For odd margins this
   is one pixel / cell short of the ideal, as upstream (e.g. 427×640 gives a 12×16 coarse grid);
   a negative padding crops, as upstream's ``F.pad`` does;
 * cells are ordered positives (v >= t_pos, descending), negatives (0 <= v <= t_neg, ascending),
-  then neutrals (raster order); points are ``int(min((col + 0.5)·W/w, W - 1))`` etc.
+  then neutrals (raster order); points are ``int(min((col + 0.5)·W/w, W - 1))`` etc., in
+  float32 as upstream's tensor arithmetic (one pixel lower than exact arithmetic on boundaries).
 
 Deliberate differences, all invisible on ordinary maps:
 
@@ -151,6 +156,8 @@ def similarity_map_full_resolution(
     similarity: Tensor,
     image_sizes: Tensor | Sequence[Sequence[int]],
     config: SasPConfig | None = None,
+    *,
+    clip_image_size: int,
 ) -> list[Tensor]:
     """Upstream's step-2 map per row: [H, W] in [0, 1], zero where CLIP's crop cut the image.
 
@@ -162,11 +169,11 @@ def similarity_map_full_resolution(
     if len(sizes) != similarity.shape[0]:
         raise ValueError(f"{similarity.shape[0]} similarity rows but {len(sizes)} image sizes")
     frame = crop_frame(
-        normalised_similarity_map(similarity, config.normalise_eps), config.clip_image_size
+        normalised_similarity_map(similarity, config.normalise_eps), clip_image_size
     )
     maps = []
     for row, (height, width) in enumerate(sizes):
-        geometry = crop_frame_geometry(height, width, config.clip_image_size)
+        geometry = crop_frame_geometry(height, width, clip_image_size)
         padded = F.pad(frame[row], (geometry.pad_w,) * 2 + (geometry.pad_h,) * 2)
         maps.append(
             F.interpolate(
@@ -179,15 +186,25 @@ def similarity_map_full_resolution(
 class SasP(nn.Module):
     """Parameter-free: similarity scores [B, g·g] + image sizes -> points, labels, DtoC coords."""
 
-    def __init__(self, config: SasPConfig | None = None) -> None:
+    def __init__(self, config: SasPConfig | None = None, *, clip_image_size: int) -> None:
+        """`clip_image_size`: side S of CLIP's center crop, i.e. the vision tower's image size."""
         super().__init__()
         self.config = config or SasPConfig()
+        self.clip_image_size = clip_image_size
         if self.config.num_points < 1:
             raise ValueError(f"num_points must be >= 1, got {self.config.num_points}")
         if self.config.down_sample < 1:
             raise ValueError(f"down_sample must be >= 1, got {self.config.down_sample}")
         if self.config.threshold_mode not in ("fixed", "meanstd"):
             raise ValueError(f"unknown threshold_mode {self.config.threshold_mode!r}")
+
+    def full_resolution_maps(
+        self, similarity: Tensor, image_sizes: Tensor | Sequence[Sequence[int]]
+    ) -> list[Tensor]:
+        """`similarity_map_full_resolution` with this module's config and CLIP crop."""
+        return similarity_map_full_resolution(
+            similarity, image_sizes, self.config, clip_image_size=self.clip_image_size
+        )
 
     def forward(
         self,
@@ -227,8 +244,8 @@ class SasP(nn.Module):
         points = points.to(dtype)
 
         if with_dtoc:
-            frame = crop_frame(similarity_map, cfg.clip_image_size)
-            frames = [crop_frame_geometry(h, w, cfg.clip_image_size) for h, w in sizes]
+            frame = crop_frame(similarity_map, self.clip_image_size)
+            frames = [crop_frame_geometry(h, w, self.clip_image_size) for h, w in sizes]
             coords = dtoc_coordinates(
                 frame,
                 torch.tensor([[g.pad_h, g.pad_w] for g in frames], device=device),
@@ -314,11 +331,14 @@ class SasP(nn.Module):
         sizes: list[tuple[int, int]],
         device: torch.device,
     ) -> Tensor:
-        """Upstream's truncated cell centres in original pixels, in float64 like its Python math."""
+        """Upstream's truncated cell centres in original pixels, in float32 as upstream computes
+        ``(idx % w + 0.5) * scale_w`` on a tensor: the double scale is rounded to float32 first,
+        so a centre that is exact in real arithmetic can land just below an integer and truncate
+        one pixel lower (1168x728, padded row 13: 875, not 876; tests/test_sasp.py)."""
         scale = torch.tensor(
-            [[g.scale_w, g.scale_h] for g in geometry], device=device, dtype=torch.float64
+            [[g.scale_w, g.scale_h] for g in geometry], device=device, dtype=torch.float32
         )
-        limit = torch.tensor([[w - 1, h - 1] for h, w in sizes], device=device, dtype=torch.float64)
-        cell = torch.stack((col_index, row_index), -1).to(torch.float64)
+        limit = torch.tensor([[w - 1, h - 1] for h, w in sizes], device=device, dtype=torch.float32)
+        cell = torch.stack((col_index, row_index), -1).to(torch.float32)
         centre = (cell + 0.5) * scale[:, None, :]
         return torch.minimum(centre, limit[:, None, :]).floor()

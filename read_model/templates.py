@@ -1,6 +1,7 @@
 """Question and answer templates for segmentation conversations.
 
-The lists follow the structure of the upstream READ/SESAME template families (upstream-spec §2):
+The lists follow the structure of the upstream READ/SESAME template families
+(`READ:dataloaders/qa_template.py`):
 every question starts with ``"<image>\\n"``; long questions embed the full query as ``{sent}``;
 short questions name the object as ``{class_name}``; every answer that asks for a mask carries
 exactly one ``[SEG]``; correction answers name both the absent ``{class_name}`` and the present
@@ -109,7 +110,8 @@ CORRECT_ANSWER_TEMPLATES: tuple[str, ...] = (
     "Maybe you mean {gt_name}? There is no {class_name} here.",
 )
 
-# LISA's fixed validation templates (upstream-spec §1a), verbatim: ReasonSeg val/test numbers use them.
+# LISA's fixed validation templates (`READ:dataloaders/test_dataset.py`), verbatim: ReasonSeg
+# val/test numbers use them.
 FIXED_SHORT_QUESTION = (
     "<image>\nWhat is {class_name} in this image? Please output segmentation mask."
 )

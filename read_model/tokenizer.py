@@ -211,15 +211,19 @@ def build_tiny_tokenizer(
     return tok
 
 
-def _ensure_tokens(tok: PreTrainedTokenizerBase, cfg: TokenizerConfig) -> None:
-    """Add the image, [SEG] and (optionally) im_start/im_end tokens when the vocabulary lacks them."""
+def _ensure_tokens(tok: PreTrainedTokenizerBase, cfg: TokenizerConfig) -> list[str]:
+    """Add the image, [SEG] and (optionally) im_start/im_end tokens when the vocabulary lacks
+    them; returns the tokens it added."""
     vocab = tok.get_vocab()
+    added: list[str] = []
     if cfg.image_token not in vocab:
         tok.add_tokens(
             [AddedToken(cfg.image_token, special=True, normalized=False)], special_tokens=True
         )
+        added.append(cfg.image_token)
     if cfg.seg_token not in vocab:  # upstream: an ordinary (non-special) added token
         tok.add_tokens([AddedToken(cfg.seg_token, special=False, normalized=False)])
+        added.append(cfg.seg_token)
     if cfg.use_im_start_end:
         missing = [t for t in (cfg.im_start_token, cfg.im_end_token) if t not in vocab]
         if missing:
@@ -227,6 +231,8 @@ def _ensure_tokens(tok: PreTrainedTokenizerBase, cfg: TokenizerConfig) -> None:
                 [AddedToken(t, special=True, normalized=False) for t in missing],
                 special_tokens=True,
             )
+            added += missing
+    return added
 
 
 def load_tokenizer(cfg: TokenizerConfig, llava_path: str = "") -> PreTrainedTokenizerBase:
@@ -247,6 +253,13 @@ def load_tokenizer(cfg: TokenizerConfig, llava_path: str = "") -> PreTrainedToke
     tok.model_max_length = cfg.model_max_length
     special_token_ids(tok, cfg)  # fail now, by name, if anything is still missing
     return tok
+
+
+def tokens_new_to(checkpoint: str, tokens: list[str]) -> list[str]:
+    """Which of `tokens` the tokenizer saved with a checkpoint lacks: their embedding rows are
+    not trained there (`LlavaConfig.new_token_init` initialises them)."""
+    vocab = AutoTokenizer.from_pretrained(checkpoint).get_vocab()
+    return [t for t in tokens if t not in vocab]
 
 
 @dataclass(frozen=True)

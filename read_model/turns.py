@@ -1,8 +1,10 @@
-"""Queries to (question, answer) turns, the way upstream samples them (upstream-spec §1a, §1b).
+"""Queries to (question, answer) turns, the way upstream samples them.
 
 Training draws templates at random from a caller-owned ``numpy.random.Generator`` so a data
-worker's seed fully determines its conversations. Evaluation uses LISA's fixed templates and a
-teacher-forced answer, as upstream's validation does.
+worker's seed fully determines its conversations (`READ:dataloaders/reason_seg_dataset.py`,
+`READ:dataloaders/refer_seg_dataset.py`: which template families, modes and answers; the RNG is
+the project's own, docs/fidelity.md). Evaluation turns use LISA's fixed templates and a
+teacher-forced answer, as upstream's ReasonSeg validation does.
 """
 
 from __future__ import annotations
@@ -120,27 +122,15 @@ def build_training_turns(
     return turns
 
 
-def build_eval_turns(
-    queries: Sequence[TurnQuery],
-    fixed_templates: bool = True,
-    rng: np.random.Generator | None = None,
-) -> list[Turn]:
-    """One teacher-forced turn per query; every turn has a mask (all zero for a false premise).
-
-    `fixed_templates=False` draws the random training question templates instead (upstream's
-    RefCOCO validation, seeded 42 there), from `rng` or a generator seeded 42.
-    """
-    if not fixed_templates and rng is None:
-        rng = np.random.default_rng(42)
+def build_eval_turns(queries: Sequence[TurnQuery]) -> list[Turn]:
+    """One teacher-forced turn per query with LISA's fixed templates; every turn has a mask (all
+    zero for a false premise). RefCOCO-family prompts drawn as upstream draws them come from
+    `read_model.template_draws` instead (pipelines.examples.evaluation_example)."""
     turns = []
     for index, query in enumerate(queries):
-        if fixed_templates:
-            if query.is_sentence:
-                question = T.FIXED_LONG_QUESTION.format(sent=query.text)
-            else:
-                question = T.FIXED_SHORT_QUESTION.format(class_name=query.text.lower())
+        if query.is_sentence:
+            question = T.FIXED_LONG_QUESTION.format(sent=query.text)
         else:
-            assert rng is not None
-            question = _question(query, rng, lower_short=True)
+            question = T.FIXED_SHORT_QUESTION.format(class_name=query.text.lower())
         turns.append(Turn(question, T.FIXED_ANSWER, True, index))
     return turns

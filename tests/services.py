@@ -1,4 +1,4 @@
-"""Real local services for integration tests: an S3 endpoint (moto) and an MLflow server.
+"""Real local services for integration tests: an S3 endpoint (moto), an MLflow server, a model server.
 
 Each service is a child process bound to 127.0.0.1 on a free port, started in its own process
 group so that stopping it (by the PID this module started) also ends the workers it forked.
@@ -25,6 +25,7 @@ RAY_LOOPBACK = "127.0.0.5"
 VENV_BIN = Path(sys.executable).parent
 S3_START_TIMEOUT_S = 30.0
 MLFLOW_START_TIMEOUT_S = 300.0  # a loaded 2-core CI box took ~100 s to bring uvicorn up
+MODEL_SERVER_START_TIMEOUT_S = 300.0  # downloads the model, imports torch, loads the weights
 TEST_AWS_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                  "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -112,3 +113,15 @@ def start_mlflow(workdir: Path, artifact_root: str | None = None,
                   # no background job runners (huey consumers): tracking and registry only
                   env={"MLFLOW_DISABLE_TELEMETRY": "true",
                        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})})
+
+
+def start_model_server(model_uri: str, tracking_uri: str, log_dir: Path) -> Service:
+    """`mlflow models serve` of `model_uri` in this environment; ready once /ping answers 200."""
+    port = free_port()
+    url = f"http://{LOOPBACK}:{port}"
+    argv = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+            "--host", LOOPBACK, "--port", str(port), "--workers", "1"]
+    return _start("model_server", argv, url, log_dir, lambda: _answers(url + "/ping"),
+                  MODEL_SERVER_START_TIMEOUT_S,
+                  env={"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true",
+                       "OMP_NUM_THREADS": "1"})

@@ -1,33 +1,27 @@
-"""Tiny READ models with known behaviour, registered the way training registers them.
-
-`seg_answering_model()` plants weights so that greedy decoding answers "[SEG]" at every step
-(the random tiny model almost never emits [SEG]), which gives masks, SasP points and a
-similarity map to check. `register_tiny()` logs a model directory to an MLflow store and
-registers it as a new version, as `pipelines.train` does.
-"""
+"""Tiny READ models with planted weights, shared by the tests that need a predictable answer,
+and a helper that registers one the way training registers a model."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import torch
-from mlflow.tracking import MlflowClient
 
-from pipelines.registry import log_and_register
-from read_model.checkpoint import save_trainable
-from read_model.model import build_model
+from read_model.model import ReadModel, build_model
 from read_model.presets import load_model_config
 
 
-def seg_answering_model(seed: int = 0):
-    """(model, tokenizer) of the tiny preset whose greedy answer is "[SEG]" at every step.
+def seg_answering_model(seed: int = 0) -> tuple[ReadModel, Any]:
+    """A tiny model whose weights make greedy decoding answer "[SEG]" (random otherwise).
 
     Channel 0 of the residual stream carries a constant from the embedding (no attention or MLP
     writes to it), so after the final norm it is positive at every position, and the LM head reads
-    only that channel into the [SEG] logit: [SEG] wins, everything else scores 0.
+    only that channel into the [SEG] logit: [SEG] wins, everything else scores 0. `seed` changes
+    every other weight (two seeds: two different models with the same behaviour).
     """
-    config = load_model_config("tiny")
-    config.seed = seed
+    config = dataclasses.replace(load_model_config("tiny"), seed=seed)
     model, tokenizer = build_model(config)
     parts = model.parts
     with torch.no_grad():
@@ -43,6 +37,11 @@ def seg_answering_model(seed: int = 0):
 def register_tiny(folder: Path, name: str, tracking_uri: str, *, seed: int = 0,
                   alias: str = "candidate") -> str:
     """Save a [SEG]-answering tiny model under `folder` and register it; -> the new version."""
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.registry import log_and_register
+    from read_model.checkpoint import save_trainable
+
     model, tokenizer = seg_answering_model(seed)
     model_dir = save_trainable(model, tokenizer, model.config, folder / f"model-{seed}")
     client = MlflowClient(tracking_uri)

@@ -3,6 +3,6 @@
 `python -m dataset_builders.synthetic --out DIR --seed S --images N`, or `generate_dataset(...)`.
 """
 
-from dataset_builders.synthetic.generate import GeneratorSettings, generate_dataset
+from dataset_builders.synthetic.generate import GeneratorConfig, generate_dataset
 
-__all__ = ["GeneratorSettings", "generate_dataset"]
+__all__ = ["GeneratorConfig", "generate_dataset"]

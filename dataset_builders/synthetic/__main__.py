@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from dataset_builders.synthetic.generate import GeneratorSettings, generate_dataset
+from dataset_builders.synthetic.generate import GeneratorConfig, generate_dataset
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="dataset root to write (created if missing)")
     parser.add_argument("--seed", type=int, default=0, help="same seed, byte-identical output")
     parser.add_argument(
-        "--images", type=int, default=GeneratorSettings().images, help="number of scenes"
+        "--images", type=int, default=GeneratorConfig().images, help="number of scenes"
     )
     args = parser.parse_args(argv)
     if args.images < 0:

@@ -19,13 +19,13 @@ import numpy as np
 
 from dataset_builders.synthetic.records import (
     CATEGORIES,
-    RecordSettings,
+    RecordConfig,
     coco_annotation,
     coco_segmentation,
     reason_seg_record,
     ref_sentences,
 )
-from dataset_builders.synthetic.scene import SceneSettings, sample_scene
+from dataset_builders.synthetic.scene import SceneConfig, sample_scene
 
 REFER_IMAGE_DIR = Path("refer_seg/images/mscoco/images/train2014")
 REASON_SEG_DIR = Path("reason_seg/ReasonSeg")
@@ -50,11 +50,11 @@ REFER_FLAVOURS: tuple[ReferFlavour, ...] = (
 
 
 @dataclass(frozen=True)
-class GeneratorSettings:
+class GeneratorConfig:
     images: int = 24
     reason_seg_every: int = 3  # every third scene is a ReasonSeg image
-    scene: SceneSettings = field(default_factory=SceneSettings)
-    records: RecordSettings = field(default_factory=RecordSettings)
+    scene: SceneConfig = field(default_factory=SceneConfig)
+    records: RecordConfig = field(default_factory=RecordConfig)
 
 
 def reason_seg_split(index: int) -> str:
@@ -74,10 +74,10 @@ def generate_dataset(
     out: str | Path,
     seed: int = 0,
     images: int | None = None,
-    settings: GeneratorSettings | None = None,
+    settings: GeneratorConfig | None = None,
 ) -> dict[str, Any]:
     """Write the tree under `out` and return a summary of what was written."""
-    settings = settings or GeneratorSettings()
+    settings = settings or GeneratorConfig()
     total = settings.images if images is None else images
     root = Path(out)
     (root / REFER_IMAGE_DIR).mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ CATEGORIES = [{"id": i + 1, "name": k.name, "supercategory": "shape"} for i, k i
 
 
 @dataclass(frozen=True)
-class RecordSettings:
+class RecordConfig:
     """How often the optional upstream features appear."""
 
     max_texts: int = 3  # ReasonSeg train images carry several rephrasings (upstream: < 6)
@@ -62,7 +62,7 @@ def _labelme_shape(label: str, polygon: np.ndarray) -> dict[str, Any]:
 
 
 def reason_seg_record(
-    scene: Scene, image_name: str, rng: np.random.Generator, *, train: bool, s: RecordSettings
+    scene: Scene, image_name: str, rng: np.random.Generator, *, train: bool, s: RecordConfig
 ) -> dict[str, Any]:
     """labelme JSON of one ReasonSeg image: one target, its occluders as "ignore" shapes."""
     candidates = [reasoning_queries(i, scene) for i in range(len(scene.shapes))]
@@ -125,7 +125,7 @@ def _false_premise_qa(
 
 
 def coco_segmentation(
-    shape: Shape, occluded: bool, rng: np.random.Generator, s: RecordSettings
+    shape: Shape, occluded: bool, rng: np.random.Generator, s: RecordConfig
 ) -> list[list[float]] | dict[str, Any]:
     """Polygon of the whole shape, or RLE of what is visible when something covers it."""
     if not occluded and rng.random() >= s.rle_prob:
@@ -154,7 +154,7 @@ def coco_annotation(ann_id: int, image_id: int, shape: Shape, segmentation: Any)
 
 
 def ref_sentences(
-    dataset: str, index: int, scene: Scene, rng: np.random.Generator, s: RecordSettings
+    dataset: str, index: int, scene: Scene, rng: np.random.Generator, s: RecordConfig
 ) -> list[dict[str, Any]]:
     """Sentence dicts of one ref in the flavour of `dataset` (without sent_id)."""
     shape = scene.shapes[index]

@@ -20,7 +20,7 @@ from dataset_builders.synthetic.vocabulary import COLOURS, KINDS
 
 
 @dataclass(frozen=True)
-class SceneSettings:
+class SceneConfig:
     """Ranges of the scene sampler (small images keep CPU training fast)."""
 
     min_side: int = 160
@@ -79,7 +79,7 @@ class Scene:
 
 
 def shape_polygon(
-    kind: str, center: tuple[float, float], radius: float, angle: float, s: SceneSettings
+    kind: str, center: tuple[float, float], radius: float, angle: float, s: SceneConfig
 ) -> np.ndarray:
     """Vertices of a regular shape (star: alternating outer / inner radius)."""
     vertices = {"circle": s.circle_vertices, "square": 4, "triangle": 3, "star": 10, "hexagon": 6}
@@ -99,7 +99,7 @@ def polygon_mask(polygon: np.ndarray, height: int, width: int) -> np.ndarray:
     return coco_mask.decode(coco_mask.merge(rles)).astype(np.uint8)
 
 
-def _background(rng: np.random.Generator, height: int, width: int, s: SceneSettings) -> np.ndarray:
+def _background(rng: np.random.Generator, height: int, width: int, s: SceneConfig) -> np.ndarray:
     """Muted base colour + low-frequency blotches + a faint stripe texture + pixel noise."""
     base = (rng.uniform(95, 165) + rng.uniform(-15, 15, size=3)).astype(np.float32)
     grid = rng.normal(0.0, 1.0, size=(s.background_grid, s.background_grid, 3)).astype(np.float32)
@@ -118,7 +118,7 @@ def _background(rng: np.random.Generator, height: int, width: int, s: SceneSetti
 
 
 def _place_shapes(
-    rng: np.random.Generator, width: int, height: int, s: SceneSettings
+    rng: np.random.Generator, width: int, height: int, s: SceneConfig
 ) -> list[Shape]:
     count = int(rng.integers(s.min_shapes, s.max_shapes + 1))
     pairs = [(k.name, c.name) for k in KINDS for c in COLOURS]
@@ -152,9 +152,9 @@ def _place_shapes(
     return placed
 
 
-def sample_scene(rng: np.random.Generator, s: SceneSettings | None = None) -> Scene:
+def sample_scene(rng: np.random.Generator, s: SceneConfig | None = None) -> Scene:
     """One scene: sizes, shapes, rendering and JPEG bytes, all drawn from `rng`."""
-    s = s or SceneSettings()
+    s = s or SceneConfig()
     width = int(rng.integers(s.min_side, s.max_side + 1))
     height = int(rng.integers(s.min_side, s.max_side + 1))
     shapes = _place_shapes(rng, width, height, s)
@@ -171,8 +171,8 @@ def sample_scene(rng: np.random.Generator, s: SceneSettings | None = None) -> Sc
     return Scene(width, height, shapes, buffer.getvalue())
 
 
-def size_word(shape: Shape, scene: Scene, s: SceneSettings | None = None) -> str:
-    s = s or SceneSettings()
+def size_word(shape: Shape, scene: Scene, s: SceneConfig | None = None) -> str:
+    s = s or SceneConfig()
     frac = shape.radius / min(scene.width, scene.height)
     if frac < s.small_radius_frac:
         return "small"

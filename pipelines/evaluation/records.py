@@ -34,8 +34,12 @@ class QueryResult:
     union: int = 0
     siou_intersection: int = MISSING  # binarised similarity map vs GT (analysis mode `siou`)
     siou_union: int = MISSING
-    points_only_intersection: int = MISSING  # SAM prompted with SasP points only
-    points_only_union: int = MISSING
+    # SAM prompted with the SasP points alone: READ's fine-tuned decoder (`points_only_tuned`)
+    # or the off-the-shelf base SAM, multimask, best score (`points_only_base_sam`, upstream's).
+    points_only_tuned_intersection: int = MISSING
+    points_only_tuned_union: int = MISSING
+    points_only_base_sam_intersection: int = MISSING
+    points_only_base_sam_union: int = MISSING
     payload: dict[str, Any] = field(default_factory=dict)  # rle, points, labels, ...
     error: str = ""  # non-empty: the sample could not be scored (reported, never scored)
 
@@ -66,8 +70,12 @@ class QueryResult:
             union=int(row.get("union", 0)),
             siou_intersection=int(row.get("siou_intersection", MISSING)),
             siou_union=int(row.get("siou_union", MISSING)),
-            points_only_intersection=int(row.get("points_only_intersection", MISSING)),
-            points_only_union=int(row.get("points_only_union", MISSING)),
+            points_only_tuned_intersection=int(
+                row.get("points_only_tuned_intersection", MISSING)),
+            points_only_tuned_union=int(row.get("points_only_tuned_union", MISSING)),
+            points_only_base_sam_intersection=int(
+                row.get("points_only_base_sam_intersection", MISSING)),
+            points_only_base_sam_union=int(row.get("points_only_base_sam_union", MISSING)),
             payload=json.loads(payload) if isinstance(payload, str) else dict(payload),
             error=str(row.get("error", "") or ""),
         )

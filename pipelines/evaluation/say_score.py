@@ -1,7 +1,8 @@
 """The Say score: does a false-premise correction name the object that is really there?
 
-Upstream never released a Say metric (upstream-spec §8.2), so the project defines one that is
-simple, deterministic and checkable by hand (docs/evaluation.md):
+Upstream never released a Say metric (`READ:test_read.py` leaves it as "Pass"; docs/fidelity.md),
+so the project defines one that is simple, deterministic and checkable by hand
+(docs/evaluation.md):
 
 * Normalise a text: lower-case, drop ``[SEG]`` and other bracketed/angled special tokens, replace
   every character that is not a letter or digit by a space, drop the articles ``a an the``, and

@@ -1,16 +1,20 @@
-"""Aggregate per-query results into the paper's metrics (upstream-spec §8), deterministically.
+"""Aggregate per-query results into the paper's metrics (`READ:train_read.py` validate, `READ:test_read.py`; docs/fidelity.md), deterministically.
 
 Rules (upstream's ``intersectionAndUnionGPU`` + meters, via ``read_model.metrics``):
 * per-query IoU = I / (U + 1e-5), and 1.0 when U == 0 (empty GT and empty prediction);
 * gIoU = mean of per-query IoU; cIoU = ΣI / (ΣU + 1e-10);
-* gIoU/cIoU use the true-premise queries; the short/long split is by ``is_sentence``;
-* See = accuracy of ``pred_exists == gt_exists`` over all queries of a group that has false
-  premises; Segment = cIoU over all its queries, false premises scored against an all-zero GT
-  (the actors already counted them that way);
-* Say: see :mod:`pipelines.evaluation.say_score`.
+* gIoU/cIoU use the true-premise queries (``true_premise_count``); the short/long split is by
+  ``is_sentence`` (``short_count`` / ``long_count``);
+* See = accuracy of ``pred_exists == gt_exists`` and Segment = cIoU, both over *all* queries of
+  the group (``num_queries``), false premises scored against an all-zero GT (the actors already
+  counted them that way); Say over the false premises whose GT sentence can be judged
+  (``say_count``): see :mod:`pipelines.evaluation.say_score`.
 
-Results are sorted by ``uid`` before any sum, so the float results do not depend on how many
-actors produced them or in which order their blocks arrived.
+Every group, the pooled ``all`` included, is scored by the same rules over exactly its own
+queries, so a pooled number is always computed from the rows listed above it and every metric
+comes with the number of queries it was computed on. Results are sorted by ``uid`` before any
+sum, so the float results do not depend on how many actors produced them or in which order their
+blocks arrived.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pipelines.evaluation.say_score import judge_say
 from read_model.metrics import SeeMeter, SegmentationMeter
 
 OVERALL = "all"
+ANALYSES = ("siou", "points_only_tuned", "points_only_base_sam")  # <name>_intersection / _union
 
 
 def giou_ciou(intersection: np.ndarray, union: np.ndarray) -> tuple[float, float]:
@@ -46,12 +51,14 @@ class GroupMetrics:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def _seg_metrics(prefix: str, inter: np.ndarray, union: np.ndarray, out: dict[str, float]) -> None:
+def _seg_metrics(prefix: str, inter: np.ndarray, union: np.ndarray, out: dict[str, float],
+                 count_key: str | None = None) -> None:
+    """gIoU/cIoU under `prefix` (absent when there is nothing to score) and their query count."""
+    out[count_key or f"{prefix}count"] = float(inter.size)
     if inter.size:
         giou, ciou = giou_ciou(inter, union)
         out[f"{prefix}giou"] = giou
         out[f"{prefix}ciou"] = ciou
-        out[f"{prefix}count"] = float(inter.size)
 
 
 def score_group(results: list[QueryResult]) -> dict[str, float]:
@@ -65,27 +72,28 @@ def score_group(results: list[QueryResult]) -> dict[str, float]:
     pred_exists = np.array([r.pred_exists for r in results], dtype=bool)
     sentence = np.array([r.is_sentence for r in results], dtype=bool)
 
-    _seg_metrics("", inter[gt_exists], union[gt_exists], out)
+    _seg_metrics("", inter[gt_exists], union[gt_exists], out, "true_premise_count")
     _seg_metrics("short_", inter[gt_exists & ~sentence], union[gt_exists & ~sentence], out)
     _seg_metrics("long_", inter[gt_exists & sentence], union[gt_exists & sentence], out)
+    out["false_premise_count"] = float((~gt_exists).sum())
 
-    if not gt_exists.all():
-        see = SeeMeter()
-        see.update(pred_exists.tolist(), gt_exists.tolist())
-        out["see"] = float(see.result()["see_accuracy"])
-        out["segment_ciou"] = giou_ciou(inter, union)[1]
-        judgements = [judge_say(r.text, r.gt_sent) for r in results if not r.gt_exists]
-        scored = [j for j in judgements if j is not None]
-        out["say_count"] = float(len(scored))
-        if scored:
-            out["say"] = float(np.mean([j.exact for j in scored]))
-            out["say_recall"] = float(np.mean([j.recall for j in scored]))
+    see = SeeMeter()
+    see.update(pred_exists.tolist(), gt_exists.tolist())
+    out["see"] = float(see.result()["see_accuracy"])
+    out["segment_ciou"] = giou_ciou(inter, union)[1]
+    judgements = [judge_say(r.text, r.gt_sent) for r in results if not r.gt_exists]
+    scored = [j for j in judgements if j is not None]
+    out["say_count"] = float(len(scored))
+    if scored:
+        out["say"] = float(np.mean([j.exact for j in scored]))
+        out["say_recall"] = float(np.mean([j.recall for j in scored]))
 
-    for name in ("siou", "points_only"):
+    for name in ANALYSES:
         i = np.array([getattr(r, f"{name}_intersection") for r in results], dtype=np.int64)
         u = np.array([getattr(r, f"{name}_union") for r in results], dtype=np.int64)
         keep = gt_exists & (u != MISSING) & (i != MISSING)
-        _seg_metrics(f"{name}_", i[keep], u[keep], out)
+        if keep.any():  # an analysis mode that was not run has no columns at all
+            _seg_metrics(f"{name}_", i[keep], u[keep], out)
     return out
 
 
@@ -126,10 +134,15 @@ def flat_metrics(table: list[GroupMetrics]) -> dict[str, float]:
     return flat
 
 
+# Each metric family follows the number of queries it is computed on.
 TABLE_COLUMNS = (
-    "giou", "ciou", "short_giou", "short_ciou", "long_giou", "long_ciou",
-    "see", "segment_ciou", "say", "say_recall", "siou_giou", "siou_ciou",
-    "points_only_giou", "points_only_ciou", "num_queries",
+    "num_queries", "see", "segment_ciou",
+    "true_premise_count", "giou", "ciou",
+    "short_count", "short_giou", "short_ciou", "long_count", "long_giou", "long_ciou",
+    "false_premise_count", "say_count", "say", "say_recall",
+    "siou_count", "siou_giou", "siou_ciou",
+    "points_only_tuned_count", "points_only_tuned_giou", "points_only_tuned_ciou",
+    "points_only_base_sam_count", "points_only_base_sam_giou", "points_only_base_sam_ciou",
 )
 
 
@@ -158,7 +171,7 @@ def to_markdown(rows: list[dict[str, object]]) -> str:
             if isinstance(v, float):
                 if np.isnan(v):
                     cells.append("n.a.")
-                elif c.endswith("count") or c == "num_queries":
+                elif is_count(c):
                     cells.append(str(int(v)))
                 else:
                     cells.append(f"{100 * v:.2f}")
@@ -166,3 +179,54 @@ def to_markdown(rows: list[dict[str, object]]) -> str:
                 cells.append(str(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def is_count(column: str) -> bool:
+    """Columns holding numbers of queries (printed as integers, not percentages)."""
+    return column.endswith("count") or column == "num_queries"
+
+
+# The console summary: (header, metric key, key of the query count it is computed on).
+SUMMARY_COLUMNS = (
+    ("gIoU", "giou", "true_premise_count"),
+    ("cIoU", "ciou", "true_premise_count"),
+    ("See", "see", "num_queries"),
+    ("Segment cIoU", "segment_ciou", "num_queries"),
+    ("Say", "say", "say_count"),
+)
+
+
+def summary_markdown(table: list[GroupMetrics]) -> str:
+    """The headline table: one row per dataset/split and the pooled row, counts beside scores.
+
+    Columns whose metric no group has (e.g. Say without false premises) are left out; the
+    legend under the table says which queries each column is computed on.
+    """
+    columns = [c for c in SUMMARY_COLUMNS if any(c[1] in g.metrics for g in table)]
+    lines = ["| data | queries | object present | " + " | ".join(c[0] for c in columns) + " |",
+             "|" + "---|" * (3 + len(columns))]
+    for group in table:
+        m = group.metrics
+        name = OVERALL if group.dataset == OVERALL else f"{group.dataset}/{group.split}"
+        cells = [name, _integer(m.get("num_queries")), _integer(m.get("true_premise_count"))]
+        cells += [_percent(m.get(key)) for _, key, _ in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    legend = {"true_premise_count": "the queries whose object is present",
+              "num_queries": "all queries of the row",
+              "say_count": "the queries without the object whose answer can be judged"}
+    uses: dict[str, list[str]] = {}
+    for header, _, count in columns:
+        uses.setdefault(count, []).append(header)
+    notes = [f"{', '.join(headers)} on {legend[count]}" for count, headers in uses.items()]
+    pooled = [g for g in table if g.dataset != OVERALL]
+    if pooled:
+        notes.append(f"{OVERALL} = the {len(pooled)} rows above together")
+    return "\n".join(lines) + "\n\n" + "; ".join(notes) + "."
+
+
+def _percent(value: float | None) -> str:
+    return "n.a." if value is None or not np.isfinite(value) else f"{100 * value:.2f}"
+
+
+def _integer(value: float | None) -> str:
+    return "0" if value is None else str(int(value))

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from read_model.config import ConfigError
-
-MEGAPIXEL = 1_000_000
+from read_model.config import Problems
 
 
 @dataclass
@@ -40,48 +38,6 @@ class ServeConfig:
     max_question_chars: int = 1000
     overlay_max_side: int = 1024  # pictures returned to the web page are scaled down to this
 
-    def __post_init__(self) -> None:
-        positive = {
-            "serve.max_new_tokens": self.max_new_tokens,
-            "serve.max_batch_size": self.max_batch_size,
-            "serve.num_cpus_per_replica": self.num_cpus_per_replica,
-            "serve.max_replicas": self.max_replicas,
-            "serve.ingress_max_replicas": self.ingress_max_replicas,
-            "serve.max_image_pixels": self.max_image_pixels,
-            "serve.max_upload_bytes": self.max_upload_bytes,
-            "serve.max_question_chars": self.max_question_chars,
-            "serve.overlay_max_side": self.overlay_max_side,
-            "serve.port": self.port,
-        }
-        for name, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"{name} must be > 0, got {value}")
-        non_negative = {
-            "serve.alias_poll_s": self.alias_poll_s,
-            "serve.batch_wait_timeout_s": self.batch_wait_timeout_s,
-            "serve.num_gpus_per_replica": self.num_gpus_per_replica,
-            "serve.target_ongoing_requests": self.target_ongoing_requests,
-            "serve.ingress_cpus": self.ingress_cpus,
-        }
-        for name, value in non_negative.items():
-            if value < 0:
-                raise ConfigError(f"{name} must be >= 0, got {value}")
-        if not 1 <= self.min_replicas <= self.max_replicas:
-            raise ConfigError(
-                f"serve.min_replicas {self.min_replicas} must be in [1, serve.max_replicas "
-                f"{self.max_replicas}]: the API needs at least one model replica"
-            )
-        if not 1 <= self.ingress_min_replicas <= self.ingress_max_replicas:
-            raise ConfigError(
-                f"serve.ingress_min_replicas {self.ingress_min_replicas} must be in "
-                f"[1, serve.ingress_max_replicas {self.ingress_max_replicas}]"
-            )
-        if self.model and not self.model.startswith("models:/"):
-            raise ConfigError(
-                f"serve.model {self.model!r} must be models:/<name>@<alias> or "
-                "models:/<name>/<version>"
-            )
-
     @property
     def uses_gpu(self) -> bool:
         return self.num_gpus_per_replica > 0
@@ -89,3 +45,27 @@ class ServeConfig:
     @property
     def autoscaling_target(self) -> float:
         return self.target_ongoing_requests or float(self.max_batch_size)
+
+
+def serve_problems(serve: ServeConfig, problems: Problems) -> None:
+    """Add every invalid value of the `serve:` section (called by `JobConfig.validate`)."""
+    require = problems.require
+    for name in ("max_new_tokens", "max_batch_size", "max_replicas", "ingress_max_replicas",
+                 "max_image_pixels", "max_upload_bytes", "max_question_chars",
+                 "overlay_max_side", "port"):
+        value = getattr(serve, name)
+        require(value >= 1, f"serve.{name}", value, "must be >= 1")
+    require(serve.num_cpus_per_replica > 0, "serve.num_cpus_per_replica",
+            serve.num_cpus_per_replica, "must be > 0")
+    for name in ("alias_poll_s", "batch_wait_timeout_s", "num_gpus_per_replica",
+                 "target_ongoing_requests", "ingress_cpus"):
+        value = getattr(serve, name)
+        require(value >= 0, f"serve.{name}", value, "must be >= 0")
+    require(1 <= serve.min_replicas <= serve.max_replicas, "serve.min_replicas",
+            serve.min_replicas, f"must be in [1, serve.max_replicas={serve.max_replicas}]: the "
+            "API needs at least one model replica")
+    require(1 <= serve.ingress_min_replicas <= serve.ingress_max_replicas,
+            "serve.ingress_min_replicas", serve.ingress_min_replicas,
+            f"must be in [1, serve.ingress_max_replicas={serve.ingress_max_replicas}]")
+    require(not serve.model or serve.model.startswith("models:/"), "serve.model", serve.model,
+            "must be models:/<name>@<alias> or models:/<name>/<version>")

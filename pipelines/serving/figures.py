@@ -47,7 +47,7 @@ def overlay_pictures(image: np.ndarray, result: SegmentResult,
     small = _resized(image, size, Image.Resampling.BILINEAR)
     mask = _resized(result.union_mask(), size, Image.Resampling.NEAREST)
     points = np.asarray(result.points, dtype=np.float32).reshape(-1, 2) * scale
-    labels = np.asarray(result.labels, dtype=np.int64).reshape(-1)
+    labels = np.asarray(result.point_labels, dtype=np.int64).reshape(-1)
     heatmap = None
     if result.heatmap is not None:
         heatmap = _resized(result.heatmap, size, Image.Resampling.BILINEAR)

@@ -40,6 +40,7 @@ LOG = logging.getLogger("ray.serve")
 HEALTH_CHECK_PERIOD_S = 10.0
 GRACEFUL_SHUTDOWN_TIMEOUT_S = 120.0  # a draining replica finishes its queued batches
 
+
 @contextmanager
 def prompt_mode(model: Any, mode: str) -> Iterator[None]:
     """Run `model` with `mode` as its prompt mode for the duration of one predict call."""
@@ -50,7 +51,6 @@ def prompt_mode(model: Any, mode: str) -> Iterator[None]:
         yield
     finally:
         model.config = original
-
 
 
 def group_by_mode(queries: list[SegmentQuery], default_mode: str) -> dict[str, list[int]]:

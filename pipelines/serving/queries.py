@@ -9,7 +9,6 @@ own control tokens, an unknown prompt mode.
 from __future__ import annotations
 
 import io
-import typing
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -17,9 +16,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from read_model.config import PromptMode, TokenizerConfig
+from pipelines.mlflow_model.schema import PROMPT_MODES
+from read_model.config import TokenizerConfig
 
-PROMPT_MODES: tuple[str, ...] = typing.get_args(PromptMode)
 REQUIRED_FIELDS = ("image", "question")
 OPTIONAL_FIELDS = ("prompt_mode", "overlay")
 FIELDS = REQUIRED_FIELDS + OPTIONAL_FIELDS

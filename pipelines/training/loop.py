@@ -98,10 +98,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 sync = contextlib.nullcontext() if last or world_size == 1 else _no_sync(wrapped)
                 with sync, _autocast(config, device):
                     out = wrapped(batch)
-                    loss = out["total"] / settings.grad_accumulation_steps
+                    loss = out.losses.total / settings.grad_accumulation_steps
                 loss.backward()
                 for key in LOSS_KEYS:
-                    losses[key] += float(out[key].detach()) / settings.grad_accumulation_steps
+                    losses[key] += float(getattr(out.losses, key).detach()) / settings.grad_accumulation_steps
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 [p for p in model.parameters() if p.requires_grad], settings.grad_clip
             )

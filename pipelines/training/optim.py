@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 import torch
 
-from pipelines.config import TrainSettings
+from pipelines.config import TrainConfig
 
 
 def warmup_decay_factor(step: int, *, warmup_steps: int, total_steps: int) -> float:
@@ -23,7 +23,7 @@ def warmup_decay_factor(step: int, *, warmup_steps: int, total_steps: int) -> fl
 
 
 def build_optimizer(
-    params: Iterable[torch.nn.Parameter], settings: TrainSettings
+    params: Iterable[torch.nn.Parameter], settings: TrainConfig
 ) -> torch.optim.AdamW:
     """AdamW over the trainable parameters with the configured betas and weight decay."""
     trainable = [p for p in params if p.requires_grad]
@@ -38,7 +38,7 @@ def build_optimizer(
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, settings: TrainSettings
+    optimizer: torch.optim.Optimizer, settings: TrainConfig
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """The upstream schedule as a `LambdaLR` stepped once per optimizer step."""
     warmup, total = settings.warmup_steps, settings.max_steps

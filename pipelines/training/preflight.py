@@ -16,7 +16,6 @@ from pathlib import Path
 from pipelines import storage
 from pipelines.config import JobConfig
 from pipelines.shard_format import MANIFEST_NAME
-from read_model.config import ConfigError
 
 
 class PreflightError(RuntimeError):
@@ -35,21 +34,11 @@ class ShardSet:
 
 def check_job(config: JobConfig, tracking_uri: str) -> list[ShardSet]:
     """Everything that can be checked without Ray; returns the shard sets with their hashes."""
-    check_strategy(config)
     _check_storage(config.train.storage_path, "train.storage_path")
     shard_sets = [shard_set(config.data.shards, entry) for entry in config.data.train]
     shard_sets += [shard_set(config.data.shards, entry) for entry in config.data.val]
     check_tracking(tracking_uri)
     return shard_sets
-
-
-def check_strategy(config: JobConfig) -> None:
-    if config.train.strategy == "fsdp" and not config.scaling.use_gpu:
-        raise ConfigError("train.strategy=fsdp needs GPUs (scaling.use_gpu=true); use ddp on CPU")
-    if config.train.batch_size < 1 or config.train.grad_accumulation_steps < 1:
-        raise ConfigError("train.batch_size and train.grad_accumulation_steps must be >= 1")
-    if config.train.max_steps < 1:
-        raise ConfigError("train.max_steps must be >= 1")
 
 
 def shard_set(shards_root: str, entry: str) -> ShardSet:

@@ -1,9 +1,9 @@
 """Teacher-forced validation with the two trivial baselines scored on the same rows.
 
-The model's masks are compared with an empty mask and a whole-image mask on exactly the same
-queries, so a run shows in MLflow whether it learnt anything beyond those baselines. Scores are
-given over all rows (upstream's gIoU, where a false premise has an empty GT) and over the rows
-whose GT is non-empty ("present"), where the empty baseline scores 0.
+The model's masks are compared with the trivial baselines of `pipelines.baselines` (an empty
+mask, a whole-image mask) on exactly the same queries, so a run shows in MLflow whether it learnt
+anything beyond them. Scores are given over all rows (upstream's gIoU, where a false premise has
+an empty GT) and over the rows whose GT is non-empty ("present"), where the empty mask scores 0.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from pipelines.baselines import BASELINES, baseline_mask
 from read_model.batch import ReadExample, collate_train
 from read_model.metrics import SegmentationMeter, intersection_union
 
-PREDICTORS = ("model", "empty", "full")
+PREDICTORS = ("model", *BASELINES)
 SUBSETS = ("all", "present")
 
 
@@ -30,7 +31,7 @@ def score_batches(model: Any, batches: Iterable[list[ReadExample]], *, tokenizer
                   model_config: Any, device: torch.device,
                   autocast: contextlib.AbstractContextManager | None = None
                   ) -> dict[str, SegmentationMeter]:
-    """Meters keyed "<model|empty|full>/<all|present>" over every [SEG] row of `batches`."""
+    """Meters keyed "<model|empty_mask|whole_image>/<all|present>" over every [SEG] row."""
     meters = new_meters()
     with torch.no_grad():
         for examples in batches:
@@ -38,14 +39,13 @@ def score_batches(model: Any, batches: Iterable[list[ReadExample]], *, tokenizer
                                   model.num_image_tokens).to(device)
             with autocast or contextlib.nullcontext():
                 scored = model.score_teacher_forced(batch)
-            for pred, gt, ignore in zip(scored["masks"], batch.gt_masks, batch.ignore_masks,
+            for pred, gt, ignore in zip(scored.masks, batch.gt_masks, batch.ignore_masks,
                                         strict=True):
                 target = (gt > 0.5).to(torch.uint8)
                 target[ignore] = 255
                 present = (target == 1).flatten(1).any(1)
-                candidates = {"model": pred.to(target.device),
-                              "empty": torch.zeros_like(target, dtype=torch.bool),
-                              "full": torch.ones_like(target, dtype=torch.bool)}
+                candidates = {"model": pred.to(target.device)}
+                candidates.update({kind: baseline_mask(kind, target) for kind in BASELINES})
                 for who, mask in candidates.items():
                     inter, union = intersection_union(mask, target)
                     meters[f"{who}/all"].update(inter, union)
@@ -77,7 +77,7 @@ def summary(meters: dict[str, SegmentationMeter], prefix: str = "val/") -> dict[
         f"{prefix}giou_present": float(model_present["giou"]),
         f"{prefix}ciou_present": float(model_present["ciou"]),
     }
-    for who in ("empty", "full"):
+    for who in BASELINES:
         out[f"{prefix}baseline_{who}_giou"] = float(meters[f"{who}/all"].result()["giou"])
         out[f"{prefix}baseline_{who}_giou_present"] = float(
             meters[f"{who}/present"].result()["giou"])

@@ -11,9 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipelines import storage
+from pipelines import progress, storage
 
 MANIFEST_NAME = "manifest.json"
+BASELINE_KEYS = ("giou", "ciou", "true_premise_count")  # pooled, as the workflow's table shows
 
 
 def generate_synthetic(out: str, seed: int, images: int) -> dict[str, Any]:
@@ -35,10 +36,13 @@ def build(dataset_root: str, shards: str, folders: list[str], source_stamp: str)
     for name in folders:
         dataset, split = name.split("/", 1)
         by_dataset.setdefault(dataset, []).append(split)
+    done = 0
     for dataset, splits in sorted(by_dataset.items()):
         reports = build_shards(dataset_root, shards, datasets=[dataset], splits=sorted(splits))
         for report in reports:
             print(f"[build] {report.summary()}", flush=True)
+        done += len(splits)
+        progress.report(done, note=dataset)
     return {"shards": shards, "content_hashes": manifest_hashes(shards, folders)}
 
 
@@ -63,11 +67,13 @@ def shards_unchanged(outputs: dict[str, Any]) -> bool:
     return current == outputs["content_hashes"]
 
 
-def train(config_path: str, overrides: list[str]) -> dict[str, Any]:
-    """Ray Train run registered as a new model version (pipelines/train.py)."""
+def train(config_path: str, overrides: list[str], parent_run_id: str) -> dict[str, Any]:
+    """Ray Train run registered as a new model version (pipelines/train.py), nested under the
+    workflow run `parent_run_id`."""
     from pipelines.train import main
 
-    summary = main(["--config", config_path, *overrides])
+    progress.report(note="starting the Ray Train workers")
+    summary = main(["--config", config_path, *overrides, "--parent-run-id", parent_run_id])
     return {"model_name": summary["registered_model"], "version": str(summary["version"]),
             "train_run_id": summary["run_id"],
             "metrics": {k: float(v) for k, v in summary.get("metrics", {}).items()
@@ -84,7 +90,7 @@ def evaluate_version(config_path: str, overrides: list[str], model_uri: str, dat
     summary = evaluate(config, model_uri, data, tracking_uri=tracking_uri,
                        parent_run_id=parent_run_id, with_baselines=True, tag_version=True)
     pooled = {k: v for k, v in summary["metrics"].items() if "." not in k}
-    baselines = {kind: {k: v for k, v in b["metrics"].items() if k in ("giou", "ciou")}
+    baselines = {kind: {k: v for k, v in b["metrics"].items() if k in BASELINE_KEYS}
                  for kind, b in summary["baselines"].items()}
     return {"evaluation_run_id": summary["run_id"], "model_version": summary["model_version"],
             "predictions": summary["predictions"], "metrics": pooled, "baselines": baselines}

@@ -1,7 +1,8 @@
 """Upstream (LLaVA-original) key names -> the project's llava-hf / heads names, and LoRA folding.
 
 Released READ/LISA/SESAME weights use the names of `READForCausalLM.save_pretrained` after
-`merge_and_unload` (upstream-spec §12). An un-merged training dump carries peft names instead
+`merge_and_unload` (`READ:merge_lora_weights_and_save_hf_model.py`). An un-merged training dump
+carries peft names instead
 (``base_model.model.`` prefix, ``lora_A/lora_B.default`` adapters); :class:`MergedView` folds
 those adapters in so the rest of the conversion only ever sees merged upstream names.
 """

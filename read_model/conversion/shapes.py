@@ -8,28 +8,26 @@ decoder's head count, which is a converter flag (8 in every official SAM).
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor
 
-from read_model.config import LlavaSettings, SamSettings
+from read_model.config import LlavaConfig, SamConfig, SamEncoderConfig
 from read_model.conversion.tensors import ConversionError
-from read_model.sam import OFFICIAL_ENCODERS, EncoderShape
 
 TensorGetter = Callable[[str], Tensor]
 
 
-def llava_settings(
+def llava_config_from_source(
     source: dict[str, Any], vision: dict[str, Any], *, torch_dtype: str
-) -> LlavaSettings:
+) -> LlavaConfig:
     """Text shapes from the flat LLaMA config, vision shapes from the CLIP vision config."""
     try:
         hidden = int(source["hidden_size"])
         heads = int(source["num_attention_heads"])
-        settings = LlavaSettings(
+        config = LlavaConfig(
             path="",
             text_hidden_size=hidden,
             text_layers=int(source["num_hidden_layers"]),
@@ -57,10 +55,10 @@ def llava_settings(
     projector = source.get("mm_projector_type", "mlp2x_gelu")
     if projector != "mlp2x_gelu":
         raise ConversionError(f"mm_projector_type {projector!r}: only 'mlp2x_gelu' is supported")
-    return settings
+    return config
 
 
-def sam_settings(keys: list[str], get: TensorGetter, *, decoder_heads: int) -> SamSettings:
+def sam_config_from_weights(keys: list[str], get: TensorGetter, *, decoder_heads: int) -> SamConfig:
     """SAM's architecture from its weights (`keys` without the ``sam.`` prefix)."""
     required = ("image_encoder.pos_embed", "image_encoder.patch_embed.proj.weight")
     missing = [k for k in required if k not in keys]
@@ -76,7 +74,7 @@ def sam_settings(keys: list[str], get: TensorGetter, *, decoder_heads: int) -> S
         raise ConversionError(f"SAM blocks use several window sizes {sorted(windowed)}")
     window = windowed.pop() if windowed else 14
     head_dim = rel[0][1] if rel else embed_dim
-    shape = EncoderShape(
+    encoder = SamEncoderConfig(
         embed_dim=int(embed_dim),
         depth=len(blocks),
         num_heads=int(embed_dim // head_dim),
@@ -85,10 +83,9 @@ def sam_settings(keys: list[str], get: TensorGetter, *, decoder_heads: int) -> S
         window_size=int(window),
     )
     decoder_layers = {int(m.group(1)) for k in keys if (m := re.match(r"mask_decoder\.transformer\.layers\.(\d+)\.", k))}
-    official = [name for name, known in OFFICIAL_ENCODERS.items() if known == shape]
-    settings = SamSettings(
+    return SamConfig(
         checkpoint="",
-        variant=official[0] if official else "tiny",
+        encoder=encoder,
         image_size=int(grid * patch),
         prompt_embed_dim=int(get("image_encoder.neck.0.weight").shape[0]),
         decoder_depth=len(decoder_layers),
@@ -96,14 +93,3 @@ def sam_settings(keys: list[str], get: TensorGetter, *, decoder_heads: int) -> S
         decoder_heads=decoder_heads,
         iou_head_hidden_dim=int(get("mask_decoder.iou_prediction_head.layers.0.weight").shape[0]),
     )
-    if not official:  # a non-standard encoder travels in the tiny_* fields
-        settings = dataclasses.replace(
-            settings,
-            tiny_embed_dim=shape.embed_dim,
-            tiny_depth=shape.depth,
-            tiny_heads=shape.num_heads,
-            tiny_patch_size=shape.patch_size,
-            tiny_window_size=shape.window_size,
-            tiny_global_attn_indexes=shape.global_attn_indexes,
-        )
-    return settings

@@ -1,7 +1,8 @@
 """The released slow LLaMA tokenizer made llava-hf compatible without moving READ's ids.
 
 Released READ/LISA/SESAME vocabularies end with ``[SEG]``=32000, ``<im_start>``=32001,
-``<im_end>``=32002 (upstream-spec §2, §12), which llava-hf uses for ``<image>`` and ``<pad>``.
+``<im_end>``=32002 (`READ:model/READ.py` init_READ_model), which llava-hf uses for ``<image>``
+and ``<pad>``.
 Moving READ's rows would touch every trained row's meaning; instead the ids stay and an
 ``<image>`` placeholder is appended after them. Its embedding row is overwritten by CLIP
 features at every use, and it must never be generated: `ReadModel.generate_greedy` masks it and
@@ -51,7 +52,7 @@ def convert_tokenizer(
 ) -> ConvertedTokenizer:
     """Load the source tokenizer, append `<image>`, pad with unk, and check every id fits.
 
-    `legacy` is forced as upstream forces it at load time (``legacy=True``, upstream-spec §2),
+    `legacy` is forced as upstream forces it at load time (``legacy=True``, `READ:model/READ.py`),
     whatever the file says (llava-v1.5 ships ``"legacy": false``).
 
     The tokenizer files are read from a copy without the source's config.json: its

@@ -40,7 +40,9 @@ def test_labelme_rasterisation_matches_upstream_rules() -> None:
     assert mask.dtype == np.uint8
 
 
-def test_equal_areas_keep_file_order() -> None:
+def test_equal_areas_are_painted_in_reverse_file_order() -> None:
+    """Upstream's argsort(areas)[::-1] on two equal areas paints the second shape first
+    (numpy's sort keeps small ties in order; reversed, the first listed is painted last)."""
     same = _rect(5, 5, 15, 15)
     first_ignore = rasterize_labelme(
         [{"label": "ignore", "points": same}, {"label": "x", "points": same}], 20, 20
@@ -48,7 +50,7 @@ def test_equal_areas_keep_file_order() -> None:
     first_object = rasterize_labelme(
         [{"label": "x", "points": same}, {"label": "ignore", "points": same}], 20, 20
     )
-    assert first_ignore[10, 10] == 1 and first_object[10, 10] == 255
+    assert first_ignore[10, 10] == 255 and first_object[10, 10] == 1
 
 
 @pytest.fixture(scope="module")

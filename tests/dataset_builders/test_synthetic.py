@@ -16,7 +16,7 @@ from PIL import Image
 from dataset_builders.synthetic import generate_dataset
 from dataset_builders.synthetic.__main__ import main as cli_main
 from dataset_builders.synthetic.language import absent_object, reasoning_queries
-from dataset_builders.synthetic.scene import COLOUR_RGB, SceneSettings, sample_scene
+from dataset_builders.synthetic.scene import COLOUR_RGB, SceneConfig, sample_scene
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -83,7 +83,7 @@ def test_more_images_keep_the_first_ones(generated, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("seed", range(40))
 def test_scene_constraints(seed: int) -> None:
-    settings = SceneSettings()
+    settings = SceneConfig()
     scene = sample_scene(np.random.default_rng(seed), settings)
     assert settings.min_side <= scene.width <= settings.max_side
     assert settings.min_side <= scene.height <= settings.max_side

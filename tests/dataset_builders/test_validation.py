@@ -12,15 +12,17 @@ from pycocotools import mask as coco_mask
 from dataset_builders.sample import QuarantineEntry, Query, Sample, Target, key_part, make_key
 from dataset_builders.validation import (
     BuildReport,
-    ValidationSettings,
+    ValidationConfig,
     check_coco_segmentation,
     check_image,
-    check_polygon,
     check_size,
     check_text,
     check_true_premise_mask,
+    coco_segmentation_warnings,
     decode_json_text,
     parse_json,
+    polygon_cast_error,
+    polygon_warnings,
 )
 
 
@@ -49,31 +51,35 @@ def test_size_mismatch() -> None:
 
 
 def test_polygon_checks() -> None:
+    """Errors are what upstream's int32 cast + cv2 refuse; the rest are warnings."""
     square = [[1, 1], [10, 1], [10, 10], [1, 10]]
-    assert check_polygon(square, 20, 20) is None
-    assert "2 points" in check_polygon([[1, 1], [5, 5]], 20, 20)
-    assert "outside" in check_polygon([[1, 1], [50, 1], [50, 10]], 20, 20)
-    assert "non-finite" in check_polygon([[1, 1], [np.nan, 1], [5, 5]], 20, 20)
-    assert "shape" in check_polygon([1, 2, 3], 20, 20)
-    assert "not numbers" in check_polygon([["a", "b"], [1, 2], [3, 4]], 20, 20)
+    assert polygon_cast_error(square) is None and polygon_warnings(square, 20, 20) == []
+    assert "2 points" in polygon_warnings([[1, 1], [5, 5]], 20, 20)[0]
+    assert "outside" in polygon_warnings([[1, 1], [50, 1], [50, 10]], 20, 20)[0]
+    assert "cannot be cast" in polygon_cast_error([[1, 1], [np.nan, 1], [5, 5]])
+    assert "expected [N, 2]" in polygon_cast_error([1, 2, 3])
+    assert "expected [N, 2]" in polygon_cast_error([])
+    assert "cannot be cast" in polygon_cast_error([["a", "b"], [1, 2], [3, 4]])
 
 
 def test_polygon_tolerance_is_a_setting() -> None:
     slightly_out = [[-1.5, 0], [21.5, 0], [10, 10]]
-    assert check_polygon(slightly_out, 20, 20) is None  # default tolerance 2 px
-    assert "outside" in check_polygon(
-        slightly_out, 20, 20, ValidationSettings(polygon_tolerance_px=1)
-    )
+    assert polygon_warnings(slightly_out, 20, 20) == []  # default tolerance 2 px
+    assert "outside" in polygon_warnings(
+        slightly_out, 20, 20, ValidationConfig(polygon_tolerance_px=1)
+    )[0]
 
 
 def test_coco_segmentation_checks() -> None:
     assert check_coco_segmentation([], 20, 20) is None
     assert check_coco_segmentation([[1, 1, 10, 1, 10, 10]], 20, 20) is None
-    assert "2 points" in check_coco_segmentation([[1, 1, 10, 10]], 20, 20)
-    assert "odd" in check_coco_segmentation([[1, 1, 10, 1, 10]], 20, 20)
+    assert "pycocotools cannot decode" in check_coco_segmentation([[1, 1, 10, 10]], 20, 20)
+    assert check_coco_segmentation([[1, 1, 10, 1, 10]], 20, 20) is None  # pycocotools reads it
+    assert "odd" in coco_segmentation_warnings([[1, 1, 10, 1, 10]], 20, 20)[0]
     rle = coco_mask.encode(np.asfortranarray(np.ones((20, 30), np.uint8)))
     rle["counts"] = rle["counts"].decode("ascii")
     assert check_coco_segmentation(rle, 30, 20) is None
+    assert coco_segmentation_warnings(rle, 30, 20) == []
     assert "RLE size" in check_coco_segmentation(rle, 20, 30)
     assert "neither" in check_coco_segmentation({"foo": 1}, 20, 20)
 

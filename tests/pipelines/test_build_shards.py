@@ -58,7 +58,7 @@ def damaged_root(synthetic_root, tmp_path_factory) -> tuple[Path, set[str]]:
     stems = sorted(p.stem for p in train.glob("*.jpg"))
     (train / f"{stems[0]}.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
     anno = json.loads((train / f"{stems[1]}.json").read_text())
-    anno["shapes"][0]["points"] = anno["shapes"][0]["points"][:2]
+    anno["shapes"][0]["points"][0] = [None, 1.0]  # upstream's int32 cast fails on it
     (train / f"{stems[1]}.json").write_text(json.dumps(anno))
     return root, {stems[0], stems[1]}
 

@@ -13,6 +13,7 @@ from pipelines.evaluation.scoring import (
     flat_metrics,
     giou_ciou,
     score_results,
+    summary_markdown,
     table_rows,
     to_markdown,
 )
@@ -51,7 +52,11 @@ def test_planted_reasonseg_and_fp_groups():
     assert rs["ciou"] == pytest.approx(40 / 70, abs=1e-9)
     assert rs["short_giou"] == pytest.approx(0.75, abs=1e-6)
     assert rs["long_ciou"] == pytest.approx(10 / 30, abs=1e-9)
-    assert "see" not in rs
+    # See and Segment are defined on every group (all its queries), not only on FP datasets.
+    assert rs["see"] == 1.0 and rs["num_queries"] == 3
+    assert rs["segment_ciou"] == pytest.approx(40 / 70, abs=1e-9)
+    assert rs["true_premise_count"] == 3 and rs["false_premise_count"] == 0
+    assert rs["say_count"] == 0 and "say" not in rs
     fp = table[("fprefcoco", "val")]
     assert fp["see"] == pytest.approx(2 / 3)  # c/0/2 predicted a mask for a false premise
     assert fp["segment_ciou"] == pytest.approx(50 / 125, abs=1e-9)
@@ -61,6 +66,12 @@ def test_planted_reasonseg_and_fp_groups():
     assert fp["say_recall"] == pytest.approx((1.0 + 0.5) / 2)
     pooled = table[("all", "all")]
     assert pooled["num_queries"] == 6
+    # The pooled row is computed over exactly the queries of the rows above it.
+    assert pooled["see"] == pytest.approx((3 + 2) / 6)
+    assert pooled["segment_ciou"] == pytest.approx((30 + 10 + 50) / (40 + 20 + 10 + 100 + 25),
+                                                   abs=1e-9)
+    assert pooled["true_premise_count"] == 4 and pooled["false_premise_count"] == 2
+    assert pooled["giou"] == pytest.approx((30 / 40 + 10 / 20 + 0 + 50 / 100) / 4, abs=1e-6)
     flat = flat_metrics(score_results(results))
     assert flat["fprefcoco.val.see"] == pytest.approx(2 / 3)
     assert flat["giou"] == pooled["giou"]
@@ -79,12 +90,15 @@ def test_order_independence_and_duplicates_rejected():
 def test_analysis_modes_scored_only_where_present():
     results = [
         _r("a/0/0", i=1, u=2, siou_intersection=5, siou_union=10,
-           points_only_intersection=2, points_only_union=8),
+           points_only_tuned_intersection=2, points_only_tuned_union=8,
+           points_only_base_sam_intersection=3, points_only_base_sam_union=4),
         _r("b/0/0", i=1, u=2),  # analysis not run for this one
     ]
     m = score_results(results)[0].metrics
     assert m["siou_giou"] == pytest.approx(0.5, abs=1e-6) and m["siou_count"] == 1
-    assert m["points_only_ciou"] == pytest.approx(0.25, abs=1e-9)
+    assert m["points_only_tuned_ciou"] == pytest.approx(0.25, abs=1e-9)
+    assert m["points_only_base_sam_ciou"] == pytest.approx(0.75, abs=1e-9)
+    assert m["points_only_base_sam_count"] == 1
 
 
 def test_say_normalisation_and_edge_cases():
@@ -135,8 +149,27 @@ def test_overlay_panels_points_and_heatmap():
 def test_table_rows_markdown():
     rows = table_rows(score_results([_r("a/0/0", i=1, u=2)]))
     md = to_markdown(rows)
-    assert md.splitlines()[0].startswith("| dataset | split | giou")
-    assert "| reason_seg | val | 50.00" in md
+    assert md.splitlines()[0].startswith(
+        "| dataset | split | num_queries | see | segment_ciou | true_premise_count | giou")
+    assert "| reason_seg | val | 1 | 100.00 | 50.00 | 1 | 50.00" in md
+
+
+def test_summary_table_shows_the_queries_behind_every_number():
+    results = [
+        _r("a/0/0", i=1, u=2),
+        _r("b/0/0", "fprefcoco", "val", i=3, u=4),
+        _r("b/0/1", "fprefcoco", "val", i=0, u=5, exists=False, pred=True, gt_sent="cat",
+           text="no dog, but a cat"),
+    ]
+    lines = summary_markdown(score_results(results)).splitlines()
+    assert lines[0] == "| data | queries | object present | gIoU | cIoU | See | Segment cIoU | Say |"
+    assert lines[2] == "| fprefcoco/val | 2 | 1 | 75.00 | 75.00 | 50.00 | 33.33 | 100.00 |"
+    assert lines[3] == "| reason_seg/val | 1 | 1 | 50.00 | 50.00 | 100.00 | 50.00 | n.a. |"
+    assert lines[4] == "| all | 3 | 2 | 62.50 | 66.67 | 66.67 | 36.36 | 100.00 |"
+    assert "See, Segment cIoU on all queries of the row" in lines[-1]
+    assert "all = the 2 rows above together" in lines[-1]
+    only_true = summary_markdown(score_results(results[:1]))
+    assert "Say" not in only_true.splitlines()[0]  # no false premise anywhere: no Say column
 
 
 # ------------------------------------------------------------------ the scorer with a real tiny model
@@ -179,13 +212,13 @@ def _counts(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int]:
     return int((pred & target).sum()), int((pred | target).sum())
 
 
-def test_teacher_forced_scorer_counts_siou_and_points_only(tiny_model):
+def test_teacher_forced_scorer_counts_siou_and_points_only_tuned(tiny_model):
     from pipelines.evaluation.query_scoring import QueryScorer, ScoringOptions
     from read_model.sasp import similarity_map_full_resolution
 
     samples = [_planted_sample("a", 48, 64, 0), _planted_sample("b", 41, 57, 1, false_premise=True)]
-    scorer = QueryScorer(tiny_model, ScoringOptions(modes=("segmentation", "siou", "points_only"),
-                                                    siou_threshold=0.5))
+    scorer = QueryScorer(tiny_model, ScoringOptions(modes=("segmentation", "siou", "points_only_tuned"),
+                                                    siou_threshold=0.5, reason_seg_queries="all"))
     results = scorer.score(samples)
     assert [r.uid for r in results] == ["a/0/0", "a/0/1", "b/0/0", "b/0/1", "b/0/2"]
     by_key = {s.key: s for s in samples}
@@ -196,7 +229,8 @@ def test_teacher_forced_scorer_counts_siou_and_points_only(tiny_model):
         assert pred.shape == gt.shape
         assert (r.intersection, r.union) == _counts(pred, gt)
         assert r.pred_exists == bool(pred.any())
-        assert r.siou_union >= 0 and r.points_only_union >= 0
+        assert r.siou_union >= 0 and r.points_only_tuned_union >= 0
+        assert r.points_only_base_sam_union == -1  # that mode was off
     fp = results[-1]
     assert not fp.gt_exists and fp.intersection == 0  # false premise: all-zero GT
 
@@ -205,15 +239,19 @@ def test_teacher_forced_scorer_counts_siou_and_points_only(tiny_model):
     from read_model.batch import collate_train
 
     model = tiny_model
-    batch = collate_train([evaluation_example(samples[0])], model.tokenizer, model.config,
+    batch = collate_train([evaluation_example(samples[0], reason_seg_queries="all")],
+                          model.tokenizer, model.config,
                           model.num_image_tokens)
-    seg = model.score_teacher_forced(batch)["segments"]
+    seg = model.score_teacher_forced(batch).segments
     heat = similarity_map_full_resolution(seg.similarity_map[:1].reshape(1, -1), [(48, 64)],
-                                          model.config.sasp)[0].numpy()
+                                          model.config.sasp,
+                                          clip_image_size=model.config.llava.vision_image_size
+                                          )[0].numpy()
     assert (results[0].siou_intersection, results[0].siou_union) == _counts(heat >= 0.5,
                                                                           samples[0].targets[0].mask)
-    only = model.score_teacher_forced(batch, use_seg_embedding=False)["masks"][0][0].numpy()
-    assert (results[0].points_only_intersection, results[0].points_only_union) == _counts(
+    only = model.score_teacher_forced(batch, use_seg_embedding=False).masks[0][0].numpy()
+    assert (results[0].points_only_tuned_intersection,
+            results[0].points_only_tuned_union) == _counts(
         only, samples[0].targets[0].mask)
 
     # Batch composition does not change any count (what makes N actors equal one actor).

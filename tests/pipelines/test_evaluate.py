@@ -18,6 +18,7 @@ from pipelines.champion import METRIC_TAG_PREFIX
 from pipelines.config import load_job_config
 from pipelines.evaluate import EvaluationError, evaluate, resolve_model_version
 from pipelines.evaluation.predictions_io import decode_rle, from_jsonl
+from pipelines.examples import evaluation_queries
 from read_model.metrics import intersection_union
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,7 +78,8 @@ def test_one_and_two_actors_score_identically(ray_local, mlflow_server, register
 
     # Predictions: every query once; the RLE mask reproduces the recorded counts against the GT.
     results = from_jsonl(Path(one["predictions"]).read_text())
-    expected = sum(s.num_queries for s in samples.values())
+    expected = sum(len(evaluation_queries(s)) for s in samples.values())  # ReasonSeg: first only
+    assert expected < sum(s.num_queries for s in samples.values())
     assert len(results) == len({r.uid for r in results}) == expected
     for r in results[:6]:
         key, target, _ = r.uid.split("/")
@@ -91,6 +93,13 @@ def test_one_and_two_actors_score_identically(ray_local, mlflow_server, register
     client = MlflowClient(mlflow_server)
     run = client.get_run(one["run_id"])
     assert run.data.params["model_version"] == registered
+    # Which protocol: ReasonSeg's first query, prompts drawn from the project's own lists.
+    assert run.data.params["eval.reason_seg_queries"] == "first"
+    assert run.data.params["eval.refer_prompts"] == "drawn"
+    assert run.data.params["eval.templates"] == "project"
+    assert run.data.params["max_new_tokens"] == "512"
+    fp_queries = sum(s.num_queries for s in samples.values() if s.dataset == "fprefcoco")
+    assert run.data.params["eval.drawn_prompts"] == str(fp_queries)
     manifest = json.loads((Path(folders[0]) / "manifest.json").read_text())
     assert run.data.params["data.reason_seg/val.content_hash"] == manifest["content_hash"]
     assert run.data.metrics["giou"] == one["metrics"]["giou"]

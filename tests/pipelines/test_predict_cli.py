@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from tiny_models import seg_answering_model
 
 from pipelines.predict import main as predict_main
 from read_model.checkpoint import save_trainable
-from read_model.model import build_model
 from read_model.overlay import (
     MASK_ALPHA,
     MASK_COLOUR,
@@ -25,7 +25,6 @@ from read_model.overlay import (
     jet,
     render_overlay,
 )
-from read_model.presets import load_model_config
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[2]
@@ -67,21 +66,8 @@ def _synthetic_image(path: Path) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def seg_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny model whose weights make greedy decoding answer "[SEG]" (random otherwise).
-
-    Channel 0 of the residual stream carries a constant from the embedding (no attention or MLP
-    writes to it), so after the final norm it is positive at every position, and the LM head reads
-    only that channel into the [SEG] logit: [SEG] wins, everything else scores 0.
-    """
-    model, tokenizer = build_model(load_model_config("tiny"))
-    parts = model.parts
-    with torch.no_grad():
-        parts.embed_tokens.weight[:, 0] = 50.0
-        for layer in parts.language_model.layers:
-            layer.self_attn.o_proj.weight[0, :] = 0.0
-            layer.mlp.down_proj.weight[0, :] = 0.0
-        parts.lm_head.weight.zero_()
-        parts.lm_head.weight[model.token_ids.seg, 0] = 1.0
+    """A tiny model that answers "[SEG]" (`tiny_models.seg_answering_model`), saved."""
+    model, tokenizer = seg_answering_model()
     directory = tmp_path_factory.mktemp("model") / "tiny-seg"
     save_trainable(model, tokenizer, model.config, directory)
     return directory

@@ -136,12 +136,13 @@ def test_segment_returns_the_registered_models_answer(served: Served, tmp_path: 
         image = np.asarray(picture.convert("RGB"))
     [expected] = model.eval().predict([image], [QUESTION], 2)
     assert body["answer"] == expected.text == "[SEG][SEG]"
-    assert body["num_seg"] == len(body["masks"]) == len(body["points"]) == len(body["labels"]) == 2
+    assert body["num_seg"] == len(body["masks"]) == len(body["points"]) == 2
+    assert len(body["point_labels"]) == 2
     masks = np.stack([decode_rle(rle) for rle in body["masks"]])
     assert masks.shape == (2, 96, 128) and np.array_equal(masks, expected.masks.numpy())
-    assert body["see"] == ("present" if masks.any() else "absent")
+    assert body["see"] is bool(masks.any()) is expected.exists
     assert np.allclose(body["points"], expected.points.numpy(), atol=1e-3)
-    assert body["labels"] == expected.labels.tolist()
+    assert body["point_labels"] == expected.labels.tolist()
     assert body["image_size"] == [96, 128] and body["prompt_mode"] == "points_dtoc"
     assert "overlay" not in body  # pictures only when asked for
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import load_job_config
+from pipelines.config import check_job_paths, load_job_config
 from pipelines.submitted_job import JOB_CONFIG_VARIABLE, submitted_working_dir
 from pipelines.tracking import resolve_tracking_uri
 from read_model.config import ConfigError
@@ -30,12 +30,14 @@ def test_outside_a_job_relative_paths_are_fine(monkeypatch):
     assert load_job_config(TINY).data.shards == "artifacts/shards"
 
 
-def test_relative_paths_are_refused_by_name(in_submitted_job, tmp_path):
+def test_relative_paths_a_job_uses_are_refused_by_name(in_submitted_job, tmp_path):
+    config = load_job_config(TINY, [f"train.storage_path={tmp_path}"])
     with pytest.raises(ConfigError) as refused:
-        load_job_config(TINY, [f"train.storage_path={tmp_path}"])
+        check_job_paths(config, ("data", "train", "model"))
     message = str(refused.value)
     assert "data.shards=artifacts/shards" in message and UPLOADED in message
     assert "train.storage_path" not in message  # absolute: accepted
+    assert "eval.output" not in message  # relative, but training does not use it
     assert "\n" not in message
 
 
@@ -43,12 +45,12 @@ def test_absolute_paths_and_urls_pass(in_submitted_job, tmp_path):
     config = load_job_config(TINY, [f"data.shards={tmp_path}/shards", "train.storage_path=s3://b/r",
                                     f"eval.output={tmp_path}/eval",
                                     f"workflow.workdir={tmp_path}/work"])
+    check_job_paths(config, ("data", "train", "eval", "workflow", "model"))
     assert config.train.storage_path == "s3://b/r"
 
 
 def test_the_default_local_mlflow_store_is_refused(in_submitted_job, tmp_path):
-    config = load_job_config(TINY, [f"data.shards={tmp_path}", f"train.storage_path={tmp_path}",
-                                    f"eval.output={tmp_path}", f"workflow.workdir={tmp_path}"])
+    config = load_job_config(TINY)
     with pytest.raises(ConfigError, match="MLFLOW_TRACKING_URI"):
         resolve_tracking_uri(config.mlflow)
 

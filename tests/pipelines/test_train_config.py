@@ -131,8 +131,8 @@ def test_gpu_request_on_a_cpu_cluster_is_refused_early():
     config = load_job_config(CONFIGS / "read-7b.yaml")
     with pytest.raises(preflight.PreflightError, match="asks for 8 GPUs"):
         preflight.check_cluster_gpus(config, {"CPU": 2.0})
-    with pytest.raises(ConfigError, match="fsdp needs GPUs"):
-        preflight.check_strategy(load_job_config(CONFIGS / "tiny.yaml", ["train.strategy=fsdp"]))
+    with pytest.raises(ConfigError, match=r"train\.strategy='fsdp' needs GPUs"):
+        load_job_config(CONFIGS / "tiny.yaml", ["train.strategy=fsdp"])
 
 
 def test_cli_exits_with_a_clear_message(tmp_path, capsys):
@@ -188,13 +188,13 @@ def test_evaluation_examples_cover_every_query_with_fixed_templates():
 
 
 def test_tracking_uri_precedence(monkeypatch, tmp_path):
-    from pipelines.config import MlflowSettings
+    from pipelines.config import MlflowConfig
     from pipelines.tracking import resolve_tracking_uri
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
-    explicit = MlflowSettings(tracking_uri="sqlite:///job.db")
+    explicit = MlflowConfig(tracking_uri="sqlite:///job.db")
     assert resolve_tracking_uri(explicit) == "sqlite:///job.db"  # the job's own setting wins
-    assert resolve_tracking_uri(MlflowSettings()) == "http://127.0.0.1:1"
+    assert resolve_tracking_uri(MlflowConfig()) == "http://127.0.0.1:1"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    local = resolve_tracking_uri(MlflowSettings(), cwd=tmp_path)
+    local = resolve_tracking_uri(MlflowConfig(), cwd=tmp_path)
     assert local == f"sqlite:///{tmp_path.resolve() / 'mlruns' / 'mlflow.db'}"

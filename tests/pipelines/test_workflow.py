@@ -12,6 +12,7 @@ from pipelines.champion import (
 )
 from pipelines.workflow_steps.runner import (
     FAIL_STEP_ENV,
+    TAG_CODE,
     TAG_SKIPPED_FROM,
     StepFailed,
     StepRunner,
@@ -47,7 +48,7 @@ def store(sqlite_store, request):
 
 def _workflow(client, experiment, n=4):
     parent = client.create_run(experiment, run_name="workflow").info.run_id
-    runner = StepRunner(client, experiment, parent, use_ray=False, log=lambda _: None)
+    runner = StepRunner(client, experiment, parent, use_ray=False)
     made = runner.run("produce", produce, {"n": n})
     out = runner.run("consume", consume, {"items": made["items"]})
     client.set_terminated(parent)
@@ -85,7 +86,7 @@ def test_invalid_cached_outputs_are_recomputed(store):
     client, experiment = store
     CALLS.clear()
     parent = client.create_run(experiment).info.run_id
-    runner = StepRunner(client, experiment, parent, use_ray=False, log=lambda _: None)
+    runner = StepRunner(client, experiment, parent, use_ray=False)
     runner.run("produce", produce, {"n": 2})
     runner.run("produce", produce, {"n": 2}, still_valid=lambda outputs: False)
     assert CALLS == ["produce", "produce"]
@@ -115,6 +116,32 @@ def test_champion_moves_only_on_improvement(store):
     record_version_metrics(client, name, v1, {"giou": 0.30})
     assert not promote_if_better(client, name, v1, "giou").promoted  # worse never demotes
     assert str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version) == v3
+
+
+def test_runner_reruns_a_finished_step_once_its_code_changed(store, tmp_path):
+    """The step's code is part of its fingerprint (pipelines.code_hash), so an edit reruns it."""
+    import importlib.util
+
+    client, experiment = store
+    module_file = tmp_path / "double_step.py"
+
+    def run_step() -> tuple[bool, dict, str]:
+        spec = importlib.util.spec_from_file_location("double_step", module_file)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        parent = client.create_run(experiment).info.run_id
+        runner = StepRunner(client, experiment, parent, use_ray=False)
+        outputs = runner.run("scale", module.scale, {"n": 5})
+        result = runner.results[-1]
+        return result.skipped, outputs, client.get_run(result.run_id).data.tags[TAG_CODE]
+
+    module_file.write_text("def scale(n):\n    return {'value': n * 2}\n")
+    skipped, outputs, first_code = run_step()
+    assert (skipped, outputs) == (False, {"value": 10})
+    assert run_step()[:2] == (True, {"value": 10})
+    module_file.write_text("def scale(n):\n    # now triple\n    return {'value': n * 3}\n")
+    skipped, outputs, code = run_step()
+    assert (skipped, outputs) == (False, {"value": 15}) and code != first_code
 
 
 # ------------------------------------------------------------------ the real workflow, end to end
@@ -160,3 +187,47 @@ def test_workflow_end_to_end_resumes_after_a_failed_step(ray_local, mlflow_serve
     children = client.search_runs([experiment],
                                   f"tags.`mlflow.parentRunId` = '{result['parent_run_id']}'")
     assert {r.data.tags.get(TAG_STEP) for r in children} >= {"train[points_dtoc]", "promote"}
+    # The training run nests under the workflow run that launched it (the first, failed one).
+    skipped_train = next(r for r in children if r.data.tags.get(TAG_STEP) == "train[points_dtoc]")
+    launching_step = client.get_run(skipped_train.data.tags[TAG_SKIPPED_FROM])
+    training = client.get_run(result["trained"]["points_dtoc"]["train_run_id"])
+    assert training.data.tags["mlflow.parentRunId"] == launching_step.data.tags["mlflow.parentRunId"]
+    assert launching_step.data.tags["mlflow.parentRunId"] != result["parent_run_id"]
+    # Every experiment the workflow wrote to opens on the runs table, not the GenAI view.
+    kinds = {e.name: e.tags.get("mlflow.experimentKind") for e in client.search_experiments()}
+    assert kinds["workflow-test"] == "custom_model_development"
+
+
+def test_console_prints_one_line_per_step_in_a_log_and_redraws_on_a_terminal(store):
+    import io
+
+    from pipelines.workflow_steps.console import StepConsole
+
+    client, experiment = store
+    log = io.StringIO()
+    for _ in range(2):  # the second pass skips both steps
+        parent = client.create_run(experiment).info.run_id
+        runner = StepRunner(client, experiment, parent, use_ray=False, console=StepConsole(2, log))
+        made = runner.run("produce", produce, {"n": 3}, describe=lambda out: f"{len(out['items'])} items")
+        runner.run("consume", consume, {"items": made["items"]})
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 4 and "\r" not in log.getvalue()
+    assert lines[0].startswith("[1/2] produce") and "done in" in lines[0] and lines[0].endswith("3 items")
+    assert lines[1].startswith("[2/2] consume") and "done in" in lines[1]
+    assert lines[2].startswith("[1/2] produce") and "unchanged · reused MLflow run" in lines[2]
+    assert lines[2].endswith("· 3 items")
+
+    console = StepConsole(1, log)
+    console.running("evaluate")
+    console.failed("evaluate", "OutOfMemoryError: 6 workers were killed\nMemory usage ...\n" * 3)
+    assert log.getvalue().splitlines()[-1].endswith("· OutOfMemoryError: 6 workers were killed")
+
+    screen = io.StringIO()
+    console = StepConsole(1, screen, live=True)
+    console.running("train")
+    console._drawn = 0.0  # let the next update redraw at once
+    console.update({"done": 5, "total": 10, "unit": "steps", "note": "loss 0.500"})
+    console.done("train", "loss 0.400")
+    frames = screen.getvalue().split("\r\033[K")
+    assert "█" * 12 + "░" * 12 in frames[-2] and "5/10 steps  loss 0.500" in frames[-2]
+    assert frames[-1].startswith("[1/1] train") and frames[-1].endswith("loss 0.400\n")

@@ -17,7 +17,7 @@ from read_model.batch import (
     collate_train,
     num_image_tokens_for,
 )
-from read_model.config import LlavaSettings, ReadConfig, SamSettings, TokenizerConfig
+from read_model.config import LlavaConfig, ReadConfig, SamConfig, TokenizerConfig
 from read_model.labels import IGNORE_INDEX, encode_conversation, encode_prompt
 from read_model.preprocess import clip_preprocess, sam_preprocess
 from read_model.tokenizer import build_tiny_tokenizer, special_token_ids
@@ -34,8 +34,8 @@ def tok() -> PreTrainedTokenizerFast:
 def config() -> ReadConfig:
     return ReadConfig(
         tokenizer=TokenizerConfig(build_tiny=True),
-        llava=LlavaSettings(vision_image_size=28, vision_patch_size=14),
-        sam=SamSettings(image_size=32),
+        llava=LlavaConfig(vision_image_size=28, vision_patch_size=14),
+        sam=SamConfig(image_size=32),
     )
 
 
@@ -64,8 +64,8 @@ def _examples() -> list[ReadExample]:
 
 
 def test_num_image_tokens_for_real_and_tiny_shapes() -> None:
-    assert num_image_tokens_for(LlavaSettings()) == 576
-    assert num_image_tokens_for(LlavaSettings(vision_image_size=28, vision_patch_size=14)) == N_IMG
+    assert num_image_tokens_for(LlavaConfig()) == 576
+    assert num_image_tokens_for(LlavaConfig(vision_image_size=28, vision_patch_size=14)) == N_IMG
 
 
 def test_collate_train_layout(tok: PreTrainedTokenizerFast, config: ReadConfig) -> None:

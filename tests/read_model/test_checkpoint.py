@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from read_model.checkpoint import (
     load_trainable,
     save_trainable,
 )
-from read_model.config import TrainableSettings
+from read_model.config import TrainableConfig
 from read_model.model import ReadModel, build_model
 from read_model.presets import load_model_config
 from read_model.sam import SamCheckpointError, build_sam
@@ -60,7 +61,7 @@ def _outputs(model: ReadModel) -> tuple[list[torch.Tensor], list[list[int]]]:
     model.eval()
     examples = _examples()
     batch = collate_train(examples, model.tokenizer, model.config, model.num_image_tokens)
-    logits = model.score_teacher_forced(batch)["mask_logits"]
+    logits = model.score_teacher_forced(batch).mask_logits
     predictions = model.predict(
         [e.image for e in examples], ["Where?", "Find the star."], max_new_tokens=3
     )
@@ -128,7 +129,7 @@ def test_trainable_only_checkpoint_over_a_loadable_base(
         ),
         llava=dataclasses.replace(tiny.llava, path=str(tmp_path / "base" / "llava")),
         sam=dataclasses.replace(tiny.sam, checkpoint=str(sam_path)),
-        trainable=TrainableSettings(),  # upstream's set: LoRA + embed/head + decoder + projection
+        trainable=TrainableConfig(),  # upstream's set: LoRA + embed/head + decoder + projection
     )
     model, tokenizer = build_model(config)
     torch.testing.assert_close(
@@ -187,3 +188,56 @@ def test_sam_checkpoint_is_never_unpickled(tmp_path: Path) -> None:
     sam_settings = dataclasses.replace(load_model_config("tiny").sam, checkpoint=str(path))
     with pytest.raises(pickle.UnpicklingError):
         build_sam(sam_settings)
+
+
+def test_load_trainable_refuses_a_checkpoint_lacking_trainable_tensors(
+    tiny_trained: ReadModel, tmp_path: Path
+) -> None:
+    """A checkpoint without some tensors the model trains (saved with other `trainable` / `lora`
+    settings) is refused by name instead of leaving them silently at their initial values."""
+    from safetensors.torch import save_file
+
+    save_trainable(tiny_trained, tiny_trained.tokenizer, tiny_trained.config, tmp_path)
+    path = tmp_path / "trainable.safetensors"
+    complete = load_file(str(path))
+    lora = sorted(k for k in complete if "lora_B" in k)
+    assert lora
+    save_file({k: v for k, v in complete.items() if "lora_B" not in k}, str(path))
+    with pytest.raises(CheckpointError, match=r"lacks tensors this model trains: .*lora_B") as info:
+        load_trainable(tmp_path, tiny_trained)
+    assert all(name in str(info.value) for name in lora)  # every missing tensor is named
+    # A frozen tensor of a declared full-state prefix (the tiny SAM has no checkpoint) counts too.
+    encoder = next(k for k in complete if k.startswith("sam.image_encoder."))
+    save_file({k: v for k, v in complete.items() if k != encoder}, str(path))
+    with pytest.raises(CheckpointError, match=re.escape(encoder)):
+        load_trainable(tmp_path, tiny_trained)
+    save_file(complete, str(path))
+    load_trainable(tmp_path, tiny_trained)  # the complete file loads
+
+
+def test_init_heads_starts_sam_and_projection_from_a_released_model(
+    tiny_trained: ReadModel, tmp_path: Path
+) -> None:
+    """model.init_heads (upstream's use_released_param=True): SAM, its trained decoder included,
+    and the [SEG] projection come from read_heads.safetensors; the rest as configured."""
+    export_merged(tiny_trained, tiny_trained.tokenizer, tiny_trained.config, tmp_path / "release")
+    tiny = load_model_config("tiny")
+    config = dataclasses.replace(
+        tiny, seed=9, init_heads=str(tmp_path / "release" / "read_heads.safetensors"),
+        trainable=dataclasses.replace(tiny.trainable, sam_image_encoder=False))
+    fresh, _ = build_model(config)
+    for name, tensor in tiny_trained.state_dict().items():
+        if name.startswith(("sam.", "projection.")):
+            assert torch.equal(fresh.state_dict()[name], tensor), name
+    differs = [n for n, t in tiny_trained.state_dict().items() if n.startswith("llava.")
+               and not torch.equal(fresh.state_dict()[n], t)]
+    assert differs  # the LLaVA part is built from config (seed 9), not taken from the heads
+    # SAM is restorable from the heads file, so a trainable checkpoint does not store it whole.
+    save_trainable(fresh, fresh.tokenizer, config, tmp_path / "run")
+    stored = load_file(str(tmp_path / "run" / "trainable.safetensors"))
+    assert not any(k.startswith("sam.image_encoder.") for k in stored)
+    reloaded, _, _ = load_model_dir(tmp_path / "run")
+    for name, tensor in fresh.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[name], tensor), name
+    with pytest.raises(CheckpointError, match="not found"):
+        build_model(dataclasses.replace(config, init_heads=str(tmp_path / "none.safetensors")))

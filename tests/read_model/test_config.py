@@ -57,3 +57,74 @@ def test_job_config_checks_rates_and_missing_file(tmp_path):
         load_job_config(tmp_path / "missing.yaml")
     assert isinstance(load_job_config(None, ["train.lr=0.001"]), JobConfig)
     assert load_job_config(None, ["train.lr=0.001"]).train.lr == 0.001
+
+
+def test_sam_encoder_is_one_typed_field_with_named_presets():
+    from read_model.config import SAM_ENCODERS, SamEncoderConfig
+
+    assert SAM_ENCODERS["vit_h"] == SamEncoderConfig(1280, 32, 16, (7, 15, 23, 31))  # build_sam.py
+    assert ReadConfig().sam.encoder.preset_name == "vit_h"
+    named = from_dict(ReadConfig, {"sam": {"encoder": "vit_b"}})
+    assert named.sam.encoder == SAM_ENCODERS["vit_b"]
+    spelled = from_dict(ReadConfig, {"sam": {"encoder": to_dict(SAM_ENCODERS["tiny"])}})
+    assert spelled.sam.encoder == SAM_ENCODERS["tiny"] and spelled.sam.encoder.preset_name == "tiny"
+    with pytest.raises(ConfigError, match=r"sam\.encoder must be one of"):
+        from_dict(ReadConfig, {"sam": {"encoder": "vit_x"}})
+    with pytest.raises(ConfigError, match=r"sam\.encoder\.global_attn_indexes\[0\] must be int"):
+        from_dict(ReadConfig, {"sam": {"encoder": {"global_attn_indexes": ["one"]}}})
+
+
+def test_removed_keys_say_what_replaced_them():
+    with pytest.raises(ConfigError, match=r"model\.sasp\.clip_image_size was removed.*vision_image_size"):
+        load_job_config(None, ["model.sasp.clip_image_size=336"])
+    with pytest.raises(ConfigError, match=r"model\.sam\.variant was removed.*model\.sam\.encoder"):
+        load_job_config(None, ["model.sam.variant=vit_h"])
+
+
+def _legacy(model: dict) -> dict:
+    """`model` as checkpoints before sam.encoder wrote it (variant + tiny_*, clip_image_size)."""
+    old = {**model, "sam": dict(model["sam"]), "sasp": dict(model["sasp"])}
+    encoder = old["sam"].pop("encoder")
+    old["sam"].update(variant="tiny", tiny_embed_dim=encoder["embed_dim"],
+                      tiny_depth=encoder["depth"], tiny_heads=encoder["num_heads"],
+                      tiny_patch_size=encoder["patch_size"],
+                      tiny_window_size=encoder["window_size"],
+                      tiny_global_attn_indexes=encoder["global_attn_indexes"])
+    old["sasp"]["clip_image_size"] = model["llava"]["vision_image_size"]
+    return old
+
+
+def test_checkpoints_written_before_sam_encoder_still_load(tmp_path):
+    import json
+
+    import torch
+
+    from read_model.checkpoint import CONFIG_FILE, load_model_dir, save_trainable
+    from read_model.config import upgrade_legacy_model_dict
+    from read_model.model import build_model
+    from read_model.presets import load_model_config
+
+    tiny = load_model_config("tiny")
+    assert from_dict(ReadConfig, upgrade_legacy_model_dict(_legacy(to_dict(tiny)))) == tiny
+    official = {**to_dict(ReadConfig()), "sam": {"variant": "vit_l"}}
+    assert from_dict(ReadConfig, upgrade_legacy_model_dict(official)).sam.encoder.depth == 24
+
+    model, tokenizer = build_model(tiny)
+    save_trainable(model, tokenizer, tiny, tmp_path)
+    stored = json.loads((tmp_path / CONFIG_FILE).read_text())
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(_legacy(stored)))
+    loaded, _, config = load_model_dir(tmp_path)
+    assert config == tiny and loaded.sasp.clip_image_size == 112
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+
+
+def test_model_validation_uses_the_loaded_vision_tower():
+    tiny = from_dict(ReadConfig, {"llava": {"path": "/models/llava", "vision_image_size": 336,
+                                            "vision_patch_size": 14},
+                                  "sasp": {"down_sample": 5}})
+    tiny.validate()  # with a path, the grid is the loaded tower's: unknown here
+    with pytest.raises(ConfigError, match=r"model\.sasp\.down_sample=5 must divide the 24x24"):
+        tiny.validate(vision_image_size=336, vision_patch_size=14)
+    with pytest.raises(ConfigError, match=r"model\.llava\.vision_image_size=336 must equal"):
+        tiny.validate(vision_image_size=224, vision_patch_size=14)

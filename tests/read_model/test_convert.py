@@ -1,7 +1,8 @@
 """Released-checkpoint conversion on a tiny READ written out in the upstream LLaVA-original layout.
 
 The "released" checkpoint is made here: a tiny READ built with the project's code (with trained-
-looking LoRA), its weights renamed to upstream's keys (upstream-spec §12), its vocabulary laid
+looking LoRA), its weights renamed to upstream's keys (`READ:merge_lora_weights_and_save_hf_model.py`
+output), its vocabulary laid
 out as base + [SEG] + <im_start> + <im_end>, and a slow LLaMA tokenizer (a sentencepiece model
 trained here on an embedded corpus) saved as LLaMA repos ship it. The converter must give back a
 model with the same logits and masks, the same [SEG] lookup, and a working generation.
@@ -72,7 +73,7 @@ def write_llama_tokenizer(directory: Path) -> None:
 
 
 def upstream_config(model: ReadModel) -> dict:
-    """The flat LLaMA + LLaVA/READ config.json of a released checkpoint (upstream-spec §12)."""
+    """The flat LLaMA + LLaVA/READ config.json of a released checkpoint (`READ:model/READ.py`)."""
     text = base_llava(model.llava).config.text_config
     return {
         "architectures": ["READForCausalLM"], "model_type": "llava", "hidden_act": "silu",
@@ -247,7 +248,7 @@ def _outputs(model: ReadModel) -> tuple[torch.Tensor, torch.Tensor, list[torch.T
         hidden, _ = model.language_forward(
             batch.input_ids, batch.attention_mask, features[batch.row_image])
         logits = model.lm_logits(hidden)
-    return batch.input_ids, logits, model.score_teacher_forced(batch)["mask_logits"]
+    return batch.input_ids, logits, model.score_teacher_forced(batch).mask_logits
 
 
 def _assert_same_outputs(reference: ReadModel, other: ReadModel) -> None:
@@ -385,11 +386,12 @@ def test_bad_sources_fail_with_a_clear_message(release: Release, tmp_path: Path)
 @pytest.mark.parametrize("variant", ["vit_b", "vit_h"])
 def test_official_sam_shapes_are_recognised_from_weights(variant: str) -> None:
     """Released checkpoints carry SAM ViT-H; its settings are read off the weight shapes."""
-    from read_model.config import SamSettings
-    from read_model.conversion.shapes import sam_settings
+    from read_model.config import SAM_ENCODERS, SamConfig
+    from read_model.conversion.shapes import sam_config_from_weights
     from read_model.sam import build_sam
 
     with torch.device("meta"):  # shapes only, no memory
-        state = build_sam(SamSettings(variant=variant)).state_dict()
-    settings = sam_settings(list(state), state.__getitem__, decoder_heads=8)
-    assert settings == SamSettings(variant=variant)
+        state = build_sam(SamConfig(encoder=SAM_ENCODERS[variant])).state_dict()
+    config = sam_config_from_weights(list(state), state.__getitem__, decoder_heads=8)
+    assert config == SamConfig(encoder=SAM_ENCODERS[variant])
+    assert config.encoder.preset_name == variant

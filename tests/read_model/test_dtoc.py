@@ -43,9 +43,9 @@ def direct_full_resolution(
 
 def run_case(dtype: torch.dtype, sizes: list[tuple[int, int]], seed: int) -> None:
     torch.manual_seed(seed)
-    cfg = SasPConfig(num_points=12, down_sample=2, clip_image_size=24)
+    cfg = SasPConfig(num_points=12, down_sample=2)
     similarity = torch.randn(len(sizes), 36, dtype=dtype)
-    out = SasP(cfg)(similarity, sizes)
+    out = SasP(cfg, clip_image_size=24)(similarity, sizes)
     assert out.coords.dtype == dtype
     for row, size in enumerate(sizes):
         reference = direct_full_resolution(similarity[row], size, out.points[row], crop=24)
@@ -97,7 +97,7 @@ def test_gradient_reaches_hidden_states_and_matches_full_resolution() -> None:
     hidden = torch.randn(2, 36, 8, dtype=torch.float64, requires_grad=True)
     query = torch.randn(2, 8, dtype=torch.float64, requires_grad=True)
     similarity = torch.einsum("bnd,bd->bn", hidden, query)
-    out = SasP(SasPConfig(num_points=10, clip_image_size=24))(similarity, sizes)
+    out = SasP(SasPConfig(num_points=10), clip_image_size=24)(similarity, sizes)
     weights = torch.randn_like(out.coords)
     (grad_windowed,) = torch.autograd.grad((out.coords * weights).sum(), hidden, retain_graph=True)
     assert torch.isfinite(grad_windowed).all() and grad_windowed.abs().sum() > 0
@@ -116,12 +116,12 @@ def test_gradient_reaches_hidden_states_and_matches_full_resolution() -> None:
 
 def test_discrete_points_have_no_gradient_path() -> None:
     similarity = torch.randn(1, 576, requires_grad=True)
-    out = SasP()(similarity, [(200, 300)])
+    out = SasP(clip_image_size=336)(similarity, [(200, 300)])
     assert not out.points.requires_grad and not out.labels.requires_grad
     assert out.coords.requires_grad
 
 
 def test_without_dtoc_coordinates_are_the_discrete_points() -> None:
     similarity = torch.randn(1, 576, requires_grad=True)
-    out = SasP()(similarity, [(200, 300)], with_dtoc=False)
+    out = SasP(clip_image_size=336)(similarity, [(200, 300)], with_dtoc=False)
     assert torch.equal(out.coords, out.points) and not out.coords.requires_grad

@@ -14,7 +14,15 @@ import pytest
 import torch
 
 from read_model.batch import ReadExample, collate_train
-from read_model.config import LlavaSettings, ReadConfig, SamSettings, SasPConfig, TrainableSettings
+from read_model.config import (
+    SAM_ENCODERS,
+    LlavaConfig,
+    ReadConfig,
+    SamConfig,
+    SamEncoderConfig,
+    SasPConfig,
+    TrainableConfig,
+)
 from read_model.model import build_model
 from read_model.presets import load_model_config
 
@@ -32,20 +40,22 @@ def _real_shape_config() -> ReadConfig:
         torch_dtype="float32",
         gradient_checkpointing=False,
     )
-    sam = SamSettings(
-        variant="tiny",  # the "tiny" builder with ViT-H widths, one block
+    sam = SamConfig(
+        # ViT-H widths, one block
+        encoder=SamEncoderConfig(
+            embed_dim=1280,
+            depth=1,
+            num_heads=16,
+            global_attn_indexes=(),
+            patch_size=16,
+            window_size=14,
+        ),
         image_size=1024,
-        tiny_embed_dim=1280,
-        tiny_depth=1,
-        tiny_heads=16,
-        tiny_patch_size=16,
-        tiny_window_size=14,
-        tiny_global_attn_indexes=(),
         prompt_embed_dim=256,
     )
     tokenizer = dataclasses.replace(seven_b.tokenizer, build_tiny=True, path="")
     return dataclasses.replace(
-        seven_b, llava=llava, sam=sam, tokenizer=tokenizer, trainable=TrainableSettings()
+        seven_b, llava=llava, sam=sam, tokenizer=tokenizer, trainable=TrainableConfig()
     )
 
 
@@ -54,7 +64,7 @@ def test_real_shape_config_matches_upstream_dimensions() -> None:
     assert config.llava.text_hidden_size == 4096 and config.llava.text_intermediate == 11008
     assert config.llava.vision_image_size // config.llava.vision_patch_size == 24
     assert config.sasp == SasPConfig() and config.projection_dim == 256
-    assert LlavaSettings().text_hidden_size == config.llava.text_hidden_size
+    assert LlavaConfig().text_hidden_size == config.llava.text_hidden_size
 
 
 def test_real_shape_forward_and_predict() -> None:
@@ -80,8 +90,8 @@ def test_real_shape_forward_and_predict() -> None:
             features, sam_embeddings = model.encode_images(batch.clip_pixels, batch.sam_pixels)
         assert features.shape == (1, 576, 4096) and sam_embeddings.shape == (1, 256, 64, 64)
         for key in ("ce", "bce", "dice", "total"):
-            assert torch.isfinite(out[key]), key
-        assert out["mask_logits"][0].shape == (1, height, width)
+            assert torch.isfinite(getattr(out.losses, key)), key
+        assert out.mask_logits[0].shape == (1, height, width)
         del out, features, sam_embeddings
 
         predictions = model.predict([image], ["Where is the box?"], max_new_tokens=2)
@@ -101,7 +111,7 @@ def test_real_shape_seg_points_and_sparse_prompt_length(mode: str) -> None:
     """30 SasP points + SAM's padding point + the [SEG] embedding = 32 sparse tokens."""
     from read_model.sam import build_sam
 
-    sam = build_sam(SamSettings(variant="vit_b", image_size=1024)).eval()
+    sam = build_sam(SamConfig(encoder=SAM_ENCODERS["vit_b"], image_size=1024)).eval()
     assert sam.image_encoder.neck[0].out_channels == 256
     points = torch.rand(2, 30, 2) * 1000
     labels = torch.randint(-1, 2, (2, 30))

@@ -81,14 +81,14 @@ def test_forward_backward_losses_and_gradients(tiny: ReadModel, batch) -> None:
     tiny.zero_grad()
     out = tiny(batch)
     for key in ("ce", "bce", "dice", "mask_loss", "total"):
-        assert out[key].ndim == 0 and torch.isfinite(out[key]), key
+        assert getattr(out.losses, key).ndim == 0 and torch.isfinite(getattr(out.losses, key)), key
     cfg = tiny.config.loss
     expected_total = (
-        cfg.ce_weight * out["ce"] + cfg.bce_weight * out["bce"] + cfg.dice_weight * out["dice"]
+        cfg.ce_weight * out.losses.ce + cfg.bce_weight * out.losses.bce + cfg.dice_weight * out.losses.dice
     )
-    torch.testing.assert_close(out["total"], expected_total)
-    assert [m.shape for m in out["mask_logits"]] == [(1, 96, 128), (2, 120, 80)]
-    out["total"].backward()
+    torch.testing.assert_close(out.losses.total, expected_total)
+    assert [m.shape for m in out.mask_logits] == [(1, 96, 128), (2, 120, 80)]
+    out.losses.total.backward()
 
     def grad_norm(params) -> float:
         return sum(float(p.grad.abs().sum()) for p in params if p.grad is not None)
@@ -102,9 +102,9 @@ def test_forward_backward_losses_and_gradients(tiny: ReadModel, batch) -> None:
 
 def test_upstream_trainable_set() -> None:
     """Default trainable settings: LoRA on the LLM q/v only, plus the four fully trained parts."""
-    from read_model.config import TrainableSettings
+    from read_model.config import TrainableConfig
 
-    model = _build(trainable=TrainableSettings())
+    model = _build(trainable=TrainableConfig())
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     lora = {n for n in trainable if "lora_" in n}
     assert lora and all("language_model" in n and ("q_proj" in n or "v_proj" in n) for n in lora)
@@ -125,7 +125,7 @@ def _mask_loss_lora_grad(mode: str) -> float:
     model.eval()  # no LoRA dropout: the comparison is deterministic
     batch = collate_train(_examples(), model.tokenizer, model.config, model.num_image_tokens)
     out = model(batch)
-    out["mask_loss"].backward()
+    out.losses.mask_loss.backward()
     return sum(float(p.grad.abs().sum()) for p in _lora_b_weights(model) if p.grad is not None)
 
 
@@ -139,7 +139,7 @@ def test_prompt_modes_change_what_sam_sees(batch) -> None:
     logits = {}
     for mode in ("seg_only", "points_discrete", "points_dtoc"):
         model = _build(prompt_mode=mode).eval()
-        logits[mode] = model.score_teacher_forced(batch)["mask_logits"]
+        logits[mode] = model.score_teacher_forced(batch).mask_logits
     assert not torch.equal(logits["seg_only"][0], logits["points_discrete"][0])
     assert not torch.equal(logits["points_discrete"][0], logits["points_dtoc"][0])
 
@@ -165,7 +165,7 @@ def test_seg_only_equals_sam_prompted_by_the_projection_alone(batch) -> None:
             resized_size=batch.resized_sizes[0],
             original_size=batch.original_sizes[0],
         )
-    torch.testing.assert_close(scores["mask_logits"][0], expected)
+    torch.testing.assert_close(scores.mask_logits[0], expected)
 
 
 @pytest.mark.parametrize("position", ["preceding", "seg"])
@@ -177,7 +177,7 @@ def test_similarity_uses_the_configured_query_position(batch, position: str) -> 
     model, _ = build_model(config)
     model.eval()
     with torch.no_grad():
-        segments = model.score_teacher_forced(batch)["segments"]
+        segments = model.score_teacher_forced(batch).segments
         features, _ = model.encode_images(batch.clip_pixels, batch.sam_pixels)
         hidden, _ = model.language_forward(
             batch.input_ids, batch.attention_mask, features[batch.row_image]
@@ -199,21 +199,21 @@ def test_teacher_forced_scoring_masks_and_points_only(batch) -> None:
     model = _build().eval()
     _randomise_lora(model)
     scores = model.score_teacher_forced(batch)
-    assert [m.shape for m in scores["masks"]] == [(1, 96, 128), (2, 120, 80)]
-    for masks, logits in zip(scores["masks"], scores["mask_logits"], strict=True):
+    assert [m.shape for m in scores.masks] == [(1, 96, 128), (2, 120, 80)]
+    for masks, logits in zip(scores.masks, scores.mask_logits, strict=True):
         assert masks.dtype == torch.bool and torch.equal(masks, logits > 0)
-    segments = scores["segments"]
+    segments = scores.segments
     assert segments.points.shape == (3, 12, 2) and segments.labels.shape == (3, 12)
     assert segments.similarity_map.shape == (3, 14, 14)
     # Two [SEG] in one row get their own queries, hence their own points / maps.
     assert segments.seg_rows.tolist() == [0, 2, 2]
     assert not torch.equal(segments.similarity_map[1], segments.similarity_map[2])
     points_only = model.score_teacher_forced(batch, use_seg_embedding=False)
-    assert not torch.equal(points_only["mask_logits"][0], scores["mask_logits"][0])
+    assert not torch.equal(points_only.mask_logits[0], scores.mask_logits[0])
     # Same weights, same data: scoring agrees with the training forward's logits.
     with torch.no_grad():
-        forward_logits = model(batch)["mask_logits"]
-    for a, b in zip(forward_logits, scores["mask_logits"], strict=True):
+        forward_logits = model(batch).mask_logits
+    for a, b in zip(forward_logits, scores.mask_logits, strict=True):
         torch.testing.assert_close(a, b)
 
 
@@ -310,7 +310,7 @@ def test_kv_cache_left_padded_predict_equals_unpadded_no_cache_reference() -> No
 def _train_grads(model: ReadModel, batch) -> dict[str, torch.Tensor]:
     model.train()
     model.zero_grad()
-    model(batch)["total"].backward()
+    model(batch).losses.total.backward()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
@@ -348,8 +348,8 @@ def test_inference_runs_without_dropout_and_restores_the_mode(batch) -> None:
     model = _build()
     _randomise_lora(model)
     model.train()
-    first = model.score_teacher_forced(batch)["mask_logits"]
-    second = model.score_teacher_forced(batch)["mask_logits"]
+    first = model.score_teacher_forced(batch).mask_logits
+    second = model.score_teacher_forced(batch).mask_logits
     assert model.training
     for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b)

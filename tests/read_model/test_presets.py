@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from read_model.config import ConfigError
+from read_model.config import SAM_ENCODERS, ConfigError
 from read_model.presets import CONFIG_DIR, load_model_config, preset_path
 
 PRESETS = ["tiny", "read-7b", "read-13b"]
@@ -31,7 +31,7 @@ def test_real_presets_carry_upstream_shapes_and_paths() -> None:
     for config in (seven, thirteen):
         assert config.llava.path and config.sam.checkpoint.endswith("sam_vit_h_4b8939.pth")
         assert config.llava.torch_dtype == "bfloat16" and config.llava.gradient_checkpointing
-        assert config.sam.variant == "vit_h" and config.sam.image_size == 1024
+        assert config.sam.encoder == SAM_ENCODERS["vit_h"] and config.sam.image_size == 1024
         assert (config.sasp.num_points, config.sasp.t_pos, config.sasp.t_neg) == (30, 0.8, 0.2)
         assert config.projection_dim == 256
         assert not config.trainable.language_model and config.trainable.mask_decoder
@@ -87,8 +87,62 @@ def test_tiny_preset_trains_a_step_quickly() -> None:
         ),
     ]
     batch = collate_train(examples, tokenizer, config, model.num_image_tokens)
-    model(batch)["total"].backward()  # warm-up
+    model(batch).losses.total.backward()  # warm-up
     model.zero_grad()
     start = time.process_time()
-    model(batch)["total"].backward()
+    model(batch).losses.total.backward()
     assert time.process_time() - start < 1.0
+
+
+# ---------------------------------------------------------------- upstream's documented recipes
+# name -> (upstream group rates in READ:train_read.sh order, lora r, lr, num_points, down_sample,
+# dice weight, starts from released heads). Values as READ:README.md / train_read.sh state them.
+RECIPES = {
+    "read-7b-from-sesame": ([10, 1, 1, 1, 1, 10], 8, 1e-4, 30, 2, 0.5, True),
+    "read-7b-scratch": ([10, 1, 1, 1, 1, 10], 64, 1e-4, 30, 2, 4.0, False),
+    "read-13b-stage1": ([10, 10, 2, 3, 1, 1], 64, 3e-4, 10, 1, 0.5, False),
+    "read-13b-stage2": ([3, 10, 2, 3, 1, 10], 64, 1e-4, 30, 1, 0.5, True),
+    "read-7b-fprefcoco": ([12, 2, 2, 1], 8, 3e-4, 30, 2, 0.5, True),
+}
+GROUPS = {  # upstream's dataset groups and the sub-datasets each draws from uniformly
+    "sem_seg": {"ade20k", "cocostuff", "pascal_part", "paco_lvis", "mapillary"},
+    "refer_seg": {"refclef", "refcoco", "refcoco+", "refcocog"},
+    "correct_refer_seg": {"fprefcoco", "fprefcoco+", "fprefcocog"},
+    "vqa": {"llava_instruct_150k"},
+    "neg_refer_seg": {"R-refcoco", "R-refcoco+", "R-refcocog"},
+    "reason_seg": {"reason_seg"},
+}
+REASON_ORDER = ["sem_seg", "refer_seg", "correct_refer_seg", "vqa", "neg_refer_seg", "reason_seg"]
+REFER_ORDER = ["refer_seg", "correct_refer_seg", "vqa", "neg_refer_seg"]
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_recipe_presets_carry_upstreams_numbers(name: str) -> None:
+    from pipelines.config import load_job_config
+
+    rates, r, lr, points, down_sample, dice, released = RECIPES[name]
+    path = preset_path(name)
+    header = [line for line in path.read_text(encoding="utf-8").splitlines()
+              if line.startswith("#")]
+    assert header[0].startswith("# Launch:") and f"configs/{name}.yaml" in header[0]
+    text = "\n".join(header)
+    assert "Source: READ:" in text and "Assumed" in text  # where from, and what is assumed
+    job = load_job_config(path)
+    model = job.model
+    assert (model.lora.r, model.lora.alpha, job.train.lr) == (r, 16, lr)
+    assert (model.sasp.num_points, model.sasp.down_sample, model.loss.dice_weight) == (
+        points, down_sample, dice)
+    assert bool(model.init_heads) == released and model.sam.checkpoint
+    assert (job.train.batch_size, job.train.grad_accumulation_steps) == (2, 10)
+    assert model.num_classes_per_sample == 3 and model.tokenizer.model_max_length == 2048
+    # Per-member rates reproduce upstream's group shares exactly.
+    order = REASON_ORDER if len(rates) == 6 else REFER_ORDER
+    share: dict[str, float] = dict.fromkeys(order, 0.0)
+    members = [entry.split("/")[0] for entry in job.data.train]
+    for member, rate in zip(members, job.data.sample_rates, strict=True):
+        (group,) = [g for g in order if member in GROUPS[g]]
+        share[group] += rate
+    assert set(members) == set().union(*(GROUPS[g] for g in order))
+    total = sum(job.data.sample_rates)
+    for group, rate in zip(order, rates, strict=True):
+        assert share[group] / total == pytest.approx(rate / sum(rates), abs=1e-12), group

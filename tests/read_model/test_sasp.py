@@ -17,6 +17,8 @@ from read_model.sasp import (
     similarity_map_full_resolution,
 )
 
+LLAVA_CROP = 336  # LLaVA-1.5's CLIP crop: a 24x24 grid of 14-px patches
+
 # A 4x4 map already in [0, 1] (min 0, max 1), so normalisation leaves it unchanged.
 HAND_MAP = [
     [0.10, 0.95, 0.50, 0.00],
@@ -52,7 +54,7 @@ def test_geometry_matches_upstream_examples() -> None:
 
 
 def test_fixed_thresholds_on_hand_map() -> None:
-    sasp = SasP(SasPConfig(num_points=12, down_sample=1, clip_image_size=8))
+    sasp = SasP(SasPConfig(num_points=12, down_sample=1), clip_image_size=8)
     out = sasp(hand_similarity(), [(40, 40)])
     expected_cells = [6, 1, 11, 4, 3, 9, 0, 7, 13, 2, 5, 8]  # pos desc, neg asc, neutral raster
     assert out.labels[0].tolist() == [1, 1, 1, 1, 0, 0, 0, 0, 0, -1, -1, -1]
@@ -64,14 +66,14 @@ def test_fixed_thresholds_on_hand_map() -> None:
 
 def test_meanstd_thresholds_on_hand_map_ignore_padding_cells() -> None:
     # mean 0.48125, std 0.3326 -> t_pos 0.6476, t_neg 0.3149 (computed by hand from HAND_MAP).
-    cfg = SasPConfig(num_points=16, down_sample=1, clip_image_size=8, threshold_mode="meanstd")
+    cfg = SasPConfig(num_points=16, down_sample=1, threshold_mode="meanstd")
     expected_cells = [6, 1, 11, 4, 12, 3, 9, 0, 7, 13, 5, 2, 8, 10, 14, 15]
     expected_labels = [1] * 5 + [0] * 6 + [-1] * 5
-    square = SasP(cfg)(hand_similarity(), [(40, 40)])
+    square = SasP(cfg, clip_image_size=8)(hand_similarity(), [(40, 40)])
     assert square.labels[0].tolist() == expected_labels
     assert square.points[0].tolist() == cell_points(expected_cells, 4, 10.0)
     # 40x80: two -1 columns each side; the stats (and so the labels) must not change.
-    wide = SasP(cfg)(hand_similarity(), [(40, 80)])
+    wide = SasP(cfg, clip_image_size=8)(hand_similarity(), [(40, 80)])
     assert wide.coarse_grid[0, :, :2].eq(-1).all() and wide.coarse_grid[0, :, -2:].eq(-1).all()
     assert wide.labels[0].tolist() == expected_labels
     assert wide.points[0].tolist() == cell_points(expected_cells, 4, 10.0, offset_cols=2)
@@ -79,7 +81,7 @@ def test_meanstd_thresholds_on_hand_map_ignore_padding_cells() -> None:
 
 def test_non_square_images_give_upstream_grids() -> None:
     similarity = torch.randn(2, 576)
-    out = SasP()(similarity, [(480, 640), (427, 640)])
+    out = SasP(clip_image_size=LLAVA_CROP)(similarity, [(480, 640), (427, 640)])
     assert out.grid_shapes.tolist() == [[12, 16], [12, 16]]
     grid = out.coarse_grid[0]
     assert grid[:, :2].eq(-1).all() and grid[:, -2:].eq(-1).all()
@@ -93,11 +95,11 @@ def test_non_square_images_give_upstream_grids() -> None:
 
 def test_constant_map_gives_no_nan() -> None:
     for mode in ("fixed", "meanstd"):
-        out = SasP(SasPConfig(threshold_mode=mode))(torch.full((2, 576), 3.0), [(300, 500)] * 2)
+        out = SasP(SasPConfig(threshold_mode=mode), clip_image_size=LLAVA_CROP)(torch.full((2, 576), 3.0), [(300, 500)] * 2)
         assert torch.isfinite(out.coords).all() and torch.isfinite(out.similarity_map).all()
         assert torch.isfinite(out.points).all()
         assert out.labels.shape == (2, 30)
-    fixed = SasP()(torch.full((1, 576), 3.0), [(300, 500)])
+    fixed = SasP(clip_image_size=LLAVA_CROP)(torch.full((1, 576), 3.0), [(300, 500)])
     assert fixed.labels.eq(0).all()  # every valid cell is 0 <= 0.2: negative
 
 
@@ -106,7 +108,7 @@ def test_mixed_size_batch_equals_per_row_calls() -> None:
     sizes = [(480, 640), (640, 427), (333, 333), (47, 100), (1000, 120)]
     similarity = torch.randn(len(sizes), 576)
     for mode in ("fixed", "meanstd"):
-        sasp = SasP(SasPConfig(threshold_mode=mode))
+        sasp = SasP(SasPConfig(threshold_mode=mode), clip_image_size=LLAVA_CROP)
         batched = sasp(similarity, sizes)
         for row, size in enumerate(sizes):
             single = sasp(similarity[row : row + 1], [size])
@@ -144,13 +146,15 @@ def upstream_points(similarity: torch.Tensor, size: tuple[int, int], cfg: SasPCo
     neutral = [k for k in range(flat.numel()) if cfg.t_neg < flat[k].item() < cfg.t_pos]
     chosen = (positive + negative + neutral)[: cfg.num_points]
     labels = [1 if k in positive else 0 if k in negative else -1 for k in chosen]
-    points = [
-        [
-            int(min((k % cols + 0.5) * (width / cols), width - 1)),
-            int(min((k // cols + 0.5) * (height / rows), height - 1)),
-        ]
-        for k in chosen
-    ]
+    # Upstream's expression: an int64 index tensor, Python-float scales, float32 bounds.
+    bound_w = torch.tensor(width - 1, dtype=torch.float32)
+    bound_h = torch.tensor(height - 1, dtype=torch.float32)
+    points = []
+    for k in chosen:
+        idx = torch.tensor(k)
+        x = min((idx % cols + 0.5) * (float(width) / cols), bound_w)
+        y = min((idx // cols + 0.5) * (float(height) / rows), bound_h)
+        points.append([int(x.item()), int(y.item())])
     return points, labels
 
 
@@ -158,17 +162,33 @@ def upstream_points(similarity: torch.Tensor, size: tuple[int, int], cfg: SasPCo
 def test_selection_matches_upstream_reference(down_sample: int) -> None:
     torch.manual_seed(1)
     cfg = SasPConfig(down_sample=down_sample)
-    sizes = [(480, 640), (427, 640), (640, 427), (47, 100), (1536, 2048), (517, 389)]
+    sizes = [(480, 640), (427, 640), (640, 427), (47, 100), (1536, 2048), (517, 389),
+             (1168, 728), (1000, 700), (700, 1000)]
     similarity = torch.randn(len(sizes), 576)
-    out = SasP(cfg)(similarity, sizes)
+    out = SasP(cfg, clip_image_size=LLAVA_CROP)(similarity, sizes)
     for row, size in enumerate(sizes):
         points, labels = upstream_points(similarity[row], size, cfg)
         assert out.points[row].long().tolist() == points, size
         assert out.labels[row].tolist() == labels, size
 
 
+def test_cell_centres_are_float32_as_upstream_hand_computed() -> None:
+    """H x W = 1168 x 728, down_sample 2: a 12x12 coarse grid padded by 3 rows above and below
+    (int(1168 * 12 / 728) = 19, (19 - 12) // 2 = 3), so 18 rows of 1168 / 18 px. Padded row 13
+    (coarse row 10) is centred at 13.5 * 64.888... = 876 exactly in real arithmetic; upstream's
+    float32 tensor math rounds 1168 / 18 to 64.88888549804688, the product to 875.99993896, and
+    int() gives 875. Column 5 of 12 (no column padding): 5.5 * 60.666... = 333.67 -> 333."""
+    grid = torch.zeros(24, 24)
+    grid[20:22, 10:12] = 1.0  # the 2x2 block that pools into coarse cell (10, 5)
+    out = SasP(SasPConfig(down_sample=2), clip_image_size=LLAVA_CROP)(
+        grid.view(1, -1), [(1168, 728)], with_dtoc=False
+    )
+    assert out.labels[0, 0].item() == 1
+    assert out.points[0, 0].tolist() == [333.0, 875.0]
+
+
 def test_fewer_cells_than_points_pads_with_not_a_point() -> None:
-    out = SasP(SasPConfig(num_points=30, down_sample=2, clip_image_size=8))(
+    out = SasP(SasPConfig(num_points=30, down_sample=2), clip_image_size=8)(
         torch.randn(2, 16), [(20, 20), (20, 30)]
     )
     assert out.labels.shape == (2, 30) and out.points.shape == (2, 30, 2)
@@ -178,21 +198,23 @@ def test_fewer_cells_than_points_pads_with_not_a_point() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_dtype_follows_input(dtype: torch.dtype) -> None:
-    out = SasP()(torch.randn(2, 576, dtype=dtype), [(100, 200), (300, 150)])
+    out = SasP(clip_image_size=LLAVA_CROP)(torch.randn(2, 576, dtype=dtype), [(100, 200), (300, 150)])
     for tensor in (out.points, out.coords, out.similarity_map, out.coarse_grid):
         assert tensor.dtype == dtype
     assert out.labels.dtype == torch.long
 
 
 def test_half_precision_is_computed_in_float32() -> None:
-    out = SasP()(torch.randn(1, 576).to(torch.bfloat16), [(100, 200)])
+    out = SasP(clip_image_size=LLAVA_CROP)(torch.randn(1, 576).to(torch.bfloat16), [(100, 200)])
     assert out.coords.dtype == torch.float32
 
 
 def test_full_resolution_map_matches_direct_resizes() -> None:
     torch.manual_seed(2)
     similarity = torch.randn(2, 576)
-    maps = similarity_map_full_resolution(similarity, [(480, 640), (300, 200)])
+    maps = similarity_map_full_resolution(
+        similarity, [(480, 640), (300, 200)], clip_image_size=LLAVA_CROP
+    )
     assert [tuple(m.shape) for m in maps] == [(480, 640), (300, 200)]
     norm = (similarity[0] - similarity[0].min()) / (similarity[0].max() - similarity[0].min())
     frame = F.interpolate(norm.view(1, 1, 24, 24), size=(336, 336), mode="bilinear")
@@ -202,7 +224,7 @@ def test_full_resolution_map_matches_direct_resizes() -> None:
 
 
 def test_bad_inputs_raise_clear_errors() -> None:
-    sasp = SasP()
+    sasp = SasP(clip_image_size=LLAVA_CROP)
     with pytest.raises(ValueError, match="square"):
         sasp(torch.randn(1, 575), [(10, 10)])
     with pytest.raises(ValueError, match="image sizes"):
@@ -210,4 +232,4 @@ def test_bad_inputs_raise_clear_errors() -> None:
     with pytest.raises(ValueError, match="positive"):
         sasp(torch.randn(1, 576), [(0, 10)])
     with pytest.raises(ValueError, match="threshold_mode"):
-        SasP(SasPConfig(threshold_mode="other"))(torch.randn(1, 576), [(10, 10)])  # type: ignore[arg-type]
+        SasP(SasPConfig(threshold_mode="other"), clip_image_size=LLAVA_CROP)(torch.randn(1, 576), [(10, 10)])  # type: ignore[arg-type]

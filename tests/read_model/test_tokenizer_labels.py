@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerFast
 
 from read_model.config import TokenizerConfig
 from read_model.conversation import render_prompt, wrap_image_token
-from read_model.labels import IGNORE_INDEX, encode_conversation, encode_prompt
+from read_model.labels import IGNORE_INDEX, encode_conversation, encode_prompt, split_at_tokens
 from read_model.tokenizer import build_tiny_tokenizer, load_tokenizer, special_token_ids
 
 
@@ -92,18 +92,20 @@ def test_load_tokenizer_needs_a_source() -> None:
     assert special_token_ids(load_tokenizer(TokenizerConfig(build_tiny=True))).seg > 2
 
 
-# Hand-checked: the llava_v1 prompt with im_start/end markers, 3 image placeholders, the answer
-# tokens ("It is [SEG]." plus EOS) counted and everything before them ignored.
+# Hand-checked with upstream's spacing rule (transformers 4.31's slow tokenizer, golden-tested in
+# test_token_parity.py): whitespace touching [SEG] / <im_start> / <im_end> is dropped, so "USER: "
+# ends at "▁USER:", the "\n" after <im_end> vanishes and "Where" starts a piece ("▁" + "W" "here"
+# in this vocabulary), "is [SEG]." is "▁is" "[SEG]" "▁." (a piece after an added token gets "▁").
 SYSTEM_TOKENS = [
     "▁A", "▁chat", "▁between", "▁a", "▁curious", "▁human", "▁and", "▁an", "▁artificial",
     "▁intelligence", "▁assistant.", "▁The", "▁assistant", "▁gives", "▁helpful,", "▁detailed,",
     "▁and", "▁polite", "▁answers", "▁to", "▁the", "▁human's", "▁questions.",
 ]  # fmt: skip
 PROMPT_TOKENS = [
-    "<s>", *SYSTEM_TOKENS, "▁USER:", "▁", "<im_start>", "<image>", "<image>", "<image>",
-    "<im_end>", "\n", "W", "here", "▁is", "▁the", "▁red", "▁star", "?", "▁ASSISTANT:",
+    "<s>", *SYSTEM_TOKENS, "▁USER:", "<im_start>", "<image>", "<image>", "<image>",
+    "<im_end>", "▁", "W", "here", "▁is", "▁the", "▁red", "▁star", "?", "▁ASSISTANT:",
 ]  # fmt: skip
-ANSWER_TOKENS = ["▁It", "▁is", "▁", "[SEG]", ".", "</s>"]
+ANSWER_TOKENS = ["▁It", "▁is", "[SEG]", "▁.", "</s>"]
 
 
 def test_hand_checked_sequence_and_labels(tok: PreTrainedTokenizerFast) -> None:
@@ -120,8 +122,9 @@ def test_hand_checked_sequence_and_labels(tok: PreTrainedTokenizerFast) -> None:
 
 
 def test_chunked_prompt_equals_whole_string_tokenisation(tok: PreTrainedTokenizerFast) -> None:
-    """Splitting on <image> changes nothing for this tokenizer: same ids as the expanded text."""
-    cfg = TokenizerConfig()
+    """With the tokenizer's own spacing, splitting on <image> changes nothing for this tokenizer:
+    same ids as the expanded text."""
+    cfg = TokenizerConfig(added_token_spacing="tokenizer")
     question = "<image>\nWhich shape is the largest? Please output segmentation mask."
     expanded = render_prompt(wrap_image_token(question, True)).replace("<image>", "<image>" * 5)
     chunked = encode_prompt(question, tok, special_token_ids(tok), 5, cfg)
@@ -156,3 +159,13 @@ def test_truncation_counts_image_tokens(tok: PreTrainedTokenizerFast) -> None:
 def test_question_needs_exactly_one_image(tok: PreTrainedTokenizerFast, question: str) -> None:
     with pytest.raises(ValueError, match="exactly one"):
         encode_conversation(question, "x", tok, special_token_ids(tok), 4, TokenizerConfig())
+
+
+def test_split_at_tokens_drops_whitespace_touching_added_tokens() -> None:
+    markers = ("[SEG]", "<im_start>", "<im_end>")
+    text = "USER: <im_start>x<im_end>\nWhere is [SEG]. Also [SEG]  ok\n"
+    assert split_at_tokens(text, markers) == [
+        "USER:", "<im_start>", "x", "<im_end>", "Where is", "[SEG]", ". Also", "[SEG]", "ok\n",
+    ]
+    assert split_at_tokens("  a b ", markers) == ["  a b "]  # no token: untouched
+    assert split_at_tokens("[SEG]", markers) == ["[SEG]"]

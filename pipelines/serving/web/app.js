@@ -43,8 +43,9 @@ function showPicture() {
 
 function showResult(body) {
   $("answer").textContent = body.answer.trim() || "(empty answer)";
-  $("see").textContent = body.see;
-  $("see").className = body.see;
+  const see = body.see ? "present" : "absent";
+  $("see").textContent = see;
+  $("see").className = see;
   $("answer-model").textContent = describeModel(body.model);
   $("model-version").textContent = describeModel(body.model);
   pictures = { overlay: body.overlay, heatmap: body.heatmap };

@@ -1,7 +1,9 @@
-"""Trivial baselines on the same evaluation data: an empty mask and a whole-image mask.
+"""The two trivial baselines, one set of names for training validation and batch evaluation.
 
-A trained model is only interesting when it beats these, so the workflow prints them next to the
-model's table. They go through the same `QueryResult` scoring as the model.
+A trained model is only interesting when it beats an empty mask ("empty_mask") and a mask
+covering the whole image ("whole_image") on the same queries: training validation logs
+``val/baseline_<name>_giou``, evaluation logs ``baseline.<name>.*`` and the workflow prints them
+next to the model's table.
 """
 
 from __future__ import annotations
@@ -18,14 +20,18 @@ from read_model.metrics import intersection_union
 BASELINES = ("empty_mask", "whole_image")
 
 
-def baseline_results(samples: Sequence[Sample], kind: str) -> list[QueryResult]:
-    """Score every query of `samples` as if the model always answered with the `kind` mask."""
+def baseline_mask(kind: str, like: torch.Tensor) -> torch.Tensor:
+    """The `kind` baseline's prediction: a bool mask shaped and placed like `like` ([..., H, W])."""
     if kind not in BASELINES:
         raise ValueError(f"unknown baseline {kind!r}; valid: {list(BASELINES)}")
-    fill = kind == "whole_image"
+    return torch.full(like.shape, kind == "whole_image", dtype=torch.bool, device=like.device)
+
+
+def baseline_results(samples: Sequence[Sample], kind: str) -> list[QueryResult]:
+    """Score every query of `samples` as if the model always answered with the `kind` mask."""
     results = []
     for sample in samples:
-        pred = torch.full((1, sample.height, sample.width), fill, dtype=torch.bool)
+        pred = baseline_mask(kind, torch.empty((1, sample.height, sample.width)))
         for t, target in enumerate(sample.targets):
             for q, query in enumerate(target.queries):
                 gt = target.mask if query.exists else np.zeros_like(target.mask)
@@ -33,7 +39,7 @@ def baseline_results(samples: Sequence[Sample], kind: str) -> list[QueryResult]:
                 results.append(QueryResult(
                     uid=f"{sample.key}/{t}/{q}", dataset=sample.dataset, split=sample.split,
                     query_id=query.query_id, query_text=query.text, is_sentence=query.is_sentence,
-                    gt_exists=query.exists, gt_sent=query.gt_sent, pred_exists=fill,
+                    gt_exists=query.exists, gt_sent=query.gt_sent, pred_exists=kind == "whole_image",
                     intersection=int(inter[0]), union=int(union[0]),
                 ))
     return results
