@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pipelines.serving.config import ServeConfig
 from pipelines.submitted_job import refuse_relative_paths
 from read_model.config import (
     ConfigError,
@@ -143,6 +144,7 @@ class JobConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     workflow: WorkflowConfig = field(default_factory=WorkflowConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def validate(self) -> None:
         """Refuse, in one `ConfigError` naming every bad key, what would only fail later.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pipelines.serving.config import serve_problems
 from read_model.config import Problems
 
 if TYPE_CHECKING:
@@ -15,12 +16,13 @@ if TYPE_CHECKING:
 
 
 def job_problems(config: JobConfig, problems: Problems) -> None:
-    """Add every invalid value of the data/scaling/train/eval/mlflow/workflow sections."""
+    """Add every invalid value of the data/scaling/train/eval/mlflow/workflow/serve sections."""
     _data(config, problems)
     _scaling(config, problems)
     _train(config, problems)
     _eval(config, problems)
     _mlflow_and_workflow(config, problems)
+    serve_problems(config.serve, problems)
 
 
 def _at_least(problems: Problems, section: object, prefix: str, names: tuple[str, ...],

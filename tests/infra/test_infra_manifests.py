@@ -2,10 +2,12 @@
 
 - Ray cluster-launcher YAMLs: Ray's own config preparation and `ray-schema.json` validation, and
   each node type's EC2 `node_config` against botocore's RunInstances request model.
-- KubeRay RayCluster / RayJob: the vendored KubeRay CRD schema (infra/kuberay/schemas/); every
+- KubeRay RayCluster / RayJob / RayService: the vendored KubeRay CRD schema (infra/kuberay/schemas/); every
   pod template and every core Kubernetes object: the `kubernetes-validate` schemas (strict).
 - Entry points named by the manifests exist and accept the flags and config overrides given.
 - The MLflow server command parses with MLflow's own CLI.
+- Ray Serve configs (`infra/serve/`, RayService `serveConfigV2`): Serve's own schema, no unknown
+  keys, and the application each names builds from its args.
 
 Nothing here needs a cloud account or a cluster.
 """
@@ -82,6 +84,8 @@ def _core_resources() -> list[tuple[str, dict[str, Any]]]:
 
 
 def _cluster_spec(doc: dict[str, Any]) -> dict[str, Any]:
+    if doc["kind"] == "RayService":
+        return doc["spec"]["rayClusterConfig"]
     return doc["spec"]["rayClusterSpec"] if doc["kind"] == "RayJob" else doc["spec"]
 
 
@@ -461,3 +465,115 @@ def test_iam_policy_documents_are_json() -> None:
             continue
         document = json.loads(path.read_text())
         assert document.get("Version") == "2012-10-17", path
+
+
+# ---------------------------------------------------------------------------------------------
+# Serving: `serve deploy` configs and the RayService's serveConfigV2
+
+
+def _serve_configs() -> list[tuple[str, dict[str, Any]]]:
+    configs = [(str(p.relative_to(REPO)), _documents(p)[0])
+               for p in sorted((INFRA / "serve").glob("*.yaml"))]
+    configs += [(name, yaml.safe_load(doc["spec"]["serveConfigV2"]))
+                for name, doc in _ray_resources() if doc["kind"] == "RayService"]
+    return configs
+
+
+def _unknown_serve_keys(model: Any, data: Any, where: str = "") -> list[str]:
+    """Keys Serve's schema does not define (Serve ignores them silently; kubectl-style, we don't)."""
+    import typing
+
+    from pydantic import BaseModel
+
+    if not isinstance(data, dict):
+        return []
+    unknown = [f"{where}{key}" for key in data if key not in model.model_fields]
+    for key, value in data.items():
+        field = model.model_fields.get(key)
+        if field is None:
+            continue
+        for inner in (field.annotation, *typing.get_args(field.annotation)):
+            for candidate in (inner, *typing.get_args(inner)):
+                if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                    items = value if isinstance(value, list) else [value]
+                    for index, item in enumerate(items):
+                        unknown += _unknown_serve_keys(candidate, item, f"{where}{key}[{index}].")
+    return sorted(set(unknown))
+
+
+def _serve_errors(config: dict[str, Any]) -> list[str]:
+    from pydantic import ValidationError
+    from ray.serve.schema import ServeDeploySchema
+
+    try:
+        ServeDeploySchema.model_validate(config)
+    except ValidationError as error:
+        return [str(error)]
+    return [f"unknown key {key}" for key in _unknown_serve_keys(ServeDeploySchema, config)]
+
+
+def test_serve_configs_exist() -> None:
+    names = [name for name, _ in _serve_configs()]
+    assert any(n.startswith("infra/serve/") for n in names), "a `serve deploy` config"
+    assert any("RayService" in n for n in names), "a KubeRay RayService"
+
+
+@pytest.mark.parametrize("name,config", _serve_configs(), ids=[n for n, _ in _serve_configs()])
+def test_serve_config_validates_against_ray_serve_schema(name: str, config: dict[str, Any]) -> None:
+    assert _serve_errors(config) == [], name
+
+
+def test_serve_schema_check_rejects_broken_configs() -> None:
+    _, config = _serve_configs()[0]
+    misspelt_app = copy.deepcopy(config)
+    misspelt_app["applications"][0]["route_prefx"] = "/"
+    wrong_type = copy.deepcopy(config)
+    wrong_type["http_options"]["port"] = "eighty"
+    misspelt_top = copy.deepcopy(config)
+    misspelt_top["http_option"] = {}
+    for broken in (misspelt_app, wrong_type, misspelt_top):
+        assert _serve_errors(broken), "the Serve config check accepted a broken config"
+
+
+@pytest.mark.parametrize("name,config", _serve_configs(), ids=[n for n, _ in _serve_configs()])
+def test_serve_applications_build_from_their_args(name: str, config: dict[str, Any]) -> None:
+    """The import path exists and its builder accepts the args (config path and overrides)."""
+    import importlib
+
+    from ray.serve import Application
+
+    for app in config["applications"]:
+        module, attribute = app["import_path"].split(":")
+        builder = getattr(importlib.import_module(module), attribute)
+        args = dict(app.get("args") or {})
+        assert _in_repo(args["config"]).is_file(), f"{name}: no config {args['config']}"
+        args["config"] = str(_in_repo(args["config"]))
+        args.setdefault("tracking_uri", "http://mlflow.invalid:5000")  # building contacts nothing
+        assert isinstance(builder(args), Application), name
+
+
+@pytest.mark.parametrize("name,doc", [(n, d) for n, d in _ray_resources() if d["kind"] == "RayService"],
+                         ids=[n for n, d in _ray_resources() if d["kind"] == "RayService"])
+def test_rayservice_cluster_fits_its_model_replicas(name: str, doc: dict[str, Any]) -> None:
+    """GPU pods can hold every model replica the autoscaler may ask for; the port is exposed."""
+    from pipelines.config import load_job_config
+
+    serve_config = yaml.safe_load(doc["spec"]["serveConfigV2"])
+    [app] = serve_config["applications"]
+    job = load_job_config(_in_repo(app["args"]["config"]), app["args"].get("overrides") or [])
+    settings = job.serve
+    assert settings.num_gpus_per_replica == 1, "one GPU per model replica"
+    spec = _cluster_spec(doc)
+    gpu_slots = 0
+    for group in spec["workerGroupSpecs"]:
+        limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+        gpus = int(limits.get("nvidia.com/gpu", 0))
+        if gpus:
+            assert float(limits["cpu"]) >= settings.num_cpus_per_replica, group["groupName"]
+            gpu_slots += group["maxReplicas"] * gpus
+            assert group["minReplicas"] * gpus >= settings.min_replicas, "min replicas placeable"
+    assert gpu_slots >= settings.max_replicas * settings.num_gpus_per_replica
+    port = serve_config["http_options"]["port"]
+    assert serve_config["http_options"]["host"] == "0.0.0.0"
+    head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert port in [p["containerPort"] for p in head["ports"]]

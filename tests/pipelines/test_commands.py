@@ -14,7 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
 EXPECTED = {"read-build-shards", "read-train", "read-evaluate", "read-promote", "read-workflow",
-            "read-predict", "read-convert"}
+            "read-predict", "read-convert", "read-serve"}
 
 
 def test_the_documented_commands_are_declared():
