@@ -25,8 +25,16 @@ class DataConfig:
     train: list[str] = field(default_factory=lambda: ["reason_seg/train"])
     val: list[str] = field(default_factory=lambda: ["reason_seg/val"])
     sample_rates: list[float] = field(default_factory=list)  # one per `train` entry; empty = equal
-    shuffle_buffer: int = 256
     true_premise_prob: float = 0.85  # ReasonSeg FP-QA mixing (upstream class attribute)
+    loader_workers: int = 2  # DataLoader processes per rank preparing batches; 0 = in-process
+    prefetch_batches: int = 2  # batches each loader process prepares ahead
+    open_shards: int = 2  # shards each loader process reads interleaved, per dataset
+    cache_dir: str = ""  # node-local copies of s3:// shards; "" = <tmp>/read-shard-cache
+    cache_max_gb: float = 50.0
+    # A shard whose sha256/size/tar does not match its manifest: "auto" = skip it (within
+    # max_damaged_shard_fraction) when training, fail when evaluating.
+    on_damaged_shard: Literal["auto", "skip", "fail"] = "auto"
+    max_damaged_shard_fraction: float = 0.05
 
 
 @dataclass
@@ -142,6 +150,7 @@ def local_paths(config: JobConfig) -> dict[str, str]:
     model = config.model
     return {
         "data.shards": config.data.shards,
+        "data.cache_dir": config.data.cache_dir,
         "train.storage_path": config.train.storage_path,
         "eval.output": config.eval.output,
         "workflow.workdir": config.workflow.workdir,
@@ -168,3 +177,10 @@ def _check_consistency(config: JobConfig) -> None:
         raise ConfigError("data.sample_rates must be non-negative with a positive sum")
     if config.scaling.num_workers < 1:
         raise ConfigError("scaling.num_workers must be at least 1")
+    data = config.data
+    if data.loader_workers < 0 or data.prefetch_batches < 1 or data.open_shards < 1:
+        raise ConfigError("data.loader_workers must be >= 0, data.prefetch_batches and "
+                          "data.open_shards >= 1")
+    if not 0.0 <= data.max_damaged_shard_fraction <= 1.0 or data.cache_max_gb <= 0:
+        raise ConfigError("data.max_damaged_shard_fraction must lie in [0, 1] and "
+                          "data.cache_max_gb be positive")
