@@ -10,10 +10,9 @@ target's mask, or an all-zero mask for a false premise (the upstream evaluation 
 from __future__ import annotations
 
 import hashlib
-import io
 
+import cv2
 import numpy as np
-from PIL import Image
 
 from dataset_builders.sample import Query, Sample
 from read_model.batch import ReadExample
@@ -29,9 +28,14 @@ REASON_DATASETS = frozenset({"reason_seg"})  # long-sentence reasoning queries w
 
 
 def decode_image(sample: Sample) -> np.ndarray:
-    """The sample's image as uint8 RGB [H, W, 3]; a size mismatch with the record is an error."""
-    with Image.open(io.BytesIO(sample.image_bytes)) as image:
-        array = np.asarray(image.convert("RGB"))
+    """The sample's image as uint8 RGB [H, W, 3], decoded as upstream reads it (OpenCV, then
+    BGR -> RGB), in the stored pixel orientation the masks were drawn in (EXIF orientation is
+    ignored); an undecodable image or a size mismatch with the record is an error."""
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    bgr = cv2.imdecode(np.frombuffer(sample.image_bytes, dtype=np.uint8), flags)
+    if bgr is None:
+        raise ValueError(f"sample {sample.key}: the image bytes do not decode")
+    array = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     if array.shape[:2] != (sample.height, sample.width):
         raise ValueError(
             f"sample {sample.key}: image is {array.shape[1]}x{array.shape[0]} but the record "
