@@ -245,3 +245,28 @@ def test_a_rebuild_during_a_run_changes_nothing_it_reads(tmp_path):
     pinned = pinned_shard_sets([resolve(str(tmp_path), "toy/train")], [state])
     assert pinned[0].url == shard_set.url
     assert {k for k, _, _ in take(loaders(pinned, options(), 1, [state])[0], 3)} <= set(keys)
+
+
+@pytest.mark.integration
+def test_s3_shards_are_cached_on_the_node_and_reused(s3_server, tmp_path):
+    import boto3
+
+    from pipelines.shard_reader import DamagedShard, ShardCache, read_shard
+
+    samples = [make_sample(i) for i in range(4)]
+    root = s3_server.url("cache-test")
+    write_samples(samples, f"{root}/toy/train", dataset="toy", split="train")
+    shard_set = resolve(root, "toy/train")
+    entry = shard_set.manifest.shards[0]
+    cache = ShardCache(tmp_path / "cache", max_bytes=10 * entry.bytes)
+    first = read_shard(shard_set.shard_url(entry.name), entry, cache)
+    cached = cache.path(entry.sha256)
+    assert cached.is_file() and cached.stat().st_size == entry.bytes
+    key = shard_set.shard_url(entry.name)[len(f"s3://{s3_server.bucket}/"):]
+    boto3.client("s3", endpoint_url=s3_server.endpoint_url).delete_object(
+        Bucket=s3_server.bucket, Key=key)
+    assert read_shard(shard_set.shard_url(entry.name), entry, cache) == first  # from the node
+    _flip_byte(cached)  # a damaged local copy is dropped and fetched again: gone, so named
+    with pytest.raises(DamagedShard, match="cannot read"):
+        read_shard(shard_set.shard_url(entry.name), entry, cache)
+    assert not cached.exists()
