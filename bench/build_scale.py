@@ -131,7 +131,8 @@ def main() -> None:
 
     from pipelines.build_shards import BuildOptions, build_shards
 
-    ray.init(num_cpus=args.num_cpus, object_store_memory=512 * 2**20, include_dashboard=False,
+    ray.init(address="local", num_cpus=args.num_cpus, object_store_memory=512 * 2**20,
+             include_dashboard=False,
              log_to_driver=False, _node_ip_address=os.environ.get("READ_RAY_NODE_IP",
                                                                     "127.0.0.1"))
     rows = []

@@ -17,6 +17,10 @@ ingestion change) and for `--workers` DataLoader processes (pipelines/ingestion/
   apart);
 - preprocessing samples/s per core: samples / CPU seconds of one process doing only the data
   path, no sleep.
+With `--ray-data`, a third path for the record of the ingestion choice
+(docs/architecture.md §7.1): Ray Data reads the same shards (`ingestion/ray_rows.py`),
+`map_batches` on `--workers` CPU tasks runs the same example drawing and collation, and the step
+takes batches from `iter_batches(prefetch_batches=4)` (one pass, no resume or mixing).
 Goals: stall < 5% with two loader processes; preprocessing >= 40 samples/s per core.
 """
 
@@ -140,6 +144,73 @@ def feed(shard_set, workers: int, batches: int, step_s: float) -> dict[str, floa
             "stall": waited / total}
 
 
+class _RayPrepare:
+    """Ray Data `map_batches`: rows of 2 samples -> one pickled, collated `ReadBatch`."""
+
+    def __init__(self) -> None:
+        import torch
+
+        from read_model.batch import num_image_tokens_for
+        from read_model.tokenizer import load_tokenizer
+
+        torch.set_num_threads(1)
+        self.config = job_config(0)
+        self.tokenizer = load_tokenizer(self.config.model.tokenizer)
+        self.tokens = num_image_tokens_for(self.config.model.llava)
+
+    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import pickle
+
+        from pipelines.examples import training_example
+        from pipelines.ingestion.ray_rows import decode_row
+        from read_model.batch import collate_train
+
+        examples = []
+        for index in range(len(rows["__key__"])):
+            sample = decode_row({k: v[index] for k, v in rows.items()})
+            examples.append(training_example(sample, num_per_sample=3, seed=0, epoch=0))
+        batch = collate_train(examples, self.tokenizer, self.config.model, self.tokens)
+        return {"batch": np.array([pickle.dumps(batch)], dtype=object)}
+
+
+def ray_data_feed(shard_set, workers: int, batches: int, step_s: float) -> dict[str, float]:
+    import pickle
+
+    import ray
+
+    from pipelines.ingestion.ray_rows import ray_dataset
+
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+             log_to_driver=False,
+             object_store_memory=512 * 2**20,
+             _node_ip_address=os.environ.get("READ_RAY_NODE_IP", "127.0.0.1"))
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        dataset = ray_dataset([shard_set]).map_batches(
+            _RayPrepare, batch_size=2, batch_format="numpy", num_cpus=1, concurrency=workers)
+        iterator = iter(dataset.iter_batches(batch_size=1, prefetch_batches=4,
+                                             batch_format="numpy"))
+        started = time.perf_counter()
+        pickle.loads(next(iterator)["batch"][0])
+        first = time.perf_counter() - started
+        time.sleep(step_s)
+        waited, steady_start, done = 0.0, time.perf_counter(), 0
+        for _ in range(batches):
+            begin = time.perf_counter()
+            try:
+                batch = pickle.loads(next(iterator)["batch"][0])
+            except StopIteration:
+                break
+            waited += time.perf_counter() - begin
+            assert batch.sam_pixels.shape[-1] == 1024
+            done += 1
+            time.sleep(step_s)
+        total = time.perf_counter() - steady_start
+    finally:
+        ray.shutdown()
+    return {"first_batch_s": first, "samples_per_s": 2 * done / total, "stall": waited / total}
+
+
 def preprocessing_rate(shard_set, batches: int) -> float:
     """Samples per CPU second of the whole data path in one process (one thread)."""
     import torch
@@ -160,6 +231,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="loader processes of the new path")
     parser.add_argument("--step-ms", type=float, default=80.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ray-data", action="store_true",
+                        help="also time Ray Data map_batches + iter_batches on the same shards")
     args = parser.parse_args()
 
     from pipelines.build_shards import write_samples
@@ -180,13 +253,16 @@ def main() -> None:
         runs = {"serial (training thread)": feed(shard_set, 0, args.batches, step_s),
                 f"{args.workers} loader processes": feed(shard_set, args.workers, args.batches,
                                                         step_s)}
+        if args.ray_data:  # one pass over the data: at most samples / 2 - 1 steady batches
+            runs[f"Ray Data, {args.workers} tasks"] = ray_data_feed(
+                shard_set, args.workers, min(args.batches, args.samples // 2 - 1), step_s)
     ideal = 2 / step_s
     print(f"{'path':28s} {'samples/s':>10s} {'stall':>7s} {'first batch':>12s}"
           f"   (a never-waiting step: {ideal:.1f} samples/s)")
     for name, run in runs.items():
         print(f"{name:28s} {run['samples_per_s']:10.1f} {100 * run['stall']:6.1f}% "
               f"{run['first_batch_s']:11.2f}s")
-    serial, new = runs.values()
+    serial, new = list(runs.values())[:2]
     print(f"ratio new/serial samples/s: {new['samples_per_s'] / serial['samples_per_s']:.2f}x; "
           f"stall goal < 5%: {'met' if new['stall'] < 0.05 else 'NOT met'}")
 

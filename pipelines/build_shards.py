@@ -60,7 +60,6 @@ from pipelines.shard_format import (
 from pipelines.shard_sets import (
     current_version,
     publish,
-    set_folder,
     version_folder,
 )
 
@@ -645,10 +644,10 @@ def write_samples(samples: Sequence[Any], folder: str, *, dataset: str, split: s
     manifest = Manifest(dataset, split, tuple(e for e, _ in tars), tuple(quarantine), "",
                         shard_size_bytes, min_shards)
     version = manifest.content_hash[:VERSION_CHARS]
-    root = folder.rstrip("/").rsplit("/", 2)[0]
     name = f"{dataset}/{split}"
-    if set_folder(root, name).rstrip("/") != folder.rstrip("/"):
+    if not folder.rstrip("/").endswith(f"/{name}"):
         raise ValueError(f"{folder} must end in /{name}")
+    root = folder.rstrip("/").rsplit("/", 2)[0]
     url = version_folder(root, name, version)
     for entry, data in tars:
         storage.write_bytes(storage.join(url, entry.name), data)

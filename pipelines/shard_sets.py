@@ -19,6 +19,7 @@ import json
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pipelines import storage
@@ -47,8 +48,13 @@ def parse_name(name: str) -> tuple[str, str]:
 
 
 def set_folder(root: str, name: str) -> str:
+    """`<root>/<dataset>/<split>`; a local root is made absolute (tasks run in other folders)."""
     dataset, split = parse_name(name)
-    return storage.join(root, dataset, split)
+    return storage.join(_absolute(root), dataset, split)
+
+
+def _absolute(url: str) -> str:
+    return str(url) if storage.is_s3(url) else str(Path(url).absolute())
 
 
 def version_folder(root: str, name: str, version: str) -> str:
@@ -117,7 +123,7 @@ def resolve(root: str, name: str) -> ShardSet:
 
 def open_version(url: str, *, name: str | None = None) -> ShardSet:
     """A version folder given by URL (a pinned version recorded by an earlier run)."""
-    url = str(url).rstrip("/")
+    url = _absolute(str(url).rstrip("/"))
     base = url.rsplit("/", 1)[-1]
     if not base.startswith(VERSION_PREFIX):
         raise ShardSetError(f"{url} is not a version folder (<set>/{VERSION_PREFIX}<id>)")

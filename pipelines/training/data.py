@@ -69,9 +69,11 @@ def train_batches(config: JobConfig, shard_sets: Sequence[ShardSet], *, rank: in
 def validation_batches(config: JobConfig, shard_sets: Sequence[ShardSet], *, rank: int,
                        world_size: int, batch_size: int,
                        report: IntegrityReport | None = None) -> Iterator[list[ReadExample]]:
-    """This rank's share of every val set, once, in fixed order."""
+    """This rank's share of every val set, once, in fixed order (S3 shards via the node cache)."""
     batch: list[ReadExample] = []
-    for sample in rank_samples(shard_sets, rank=rank, world_size=world_size, report=report):
+    cache = loader_options(config).cache()
+    for sample in rank_samples(shard_sets, rank=rank, world_size=world_size, report=report,
+                               cache=cache):
         example = evaluation_example(sample)
         if example is None:
             continue
