@@ -186,8 +186,11 @@ def ray_data_feed(shard_set, workers: int, batches: int, step_s: float) -> dict[
              _node_ip_address=os.environ.get("READ_RAY_NODE_IP", "127.0.0.1"))
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
-        dataset = ray_dataset([shard_set]).map_batches(
-            _RayPrepare, batch_size=2, batch_format="numpy", num_cpus=1, concurrency=workers)
+        # Fractional CPUs: preparing actors must leave room for the read tasks, or Ray Data
+        # waits for a CPU forever on a small host.
+        dataset = ray_dataset([shard_set], read_cpus=0.25).map_batches(
+            _RayPrepare, batch_size=2, batch_format="numpy",
+            num_cpus=(os.cpu_count() - 0.25) / workers, concurrency=workers)
         iterator = iter(dataset.iter_batches(batch_size=1, prefetch_batches=4,
                                              batch_format="numpy"))
         started = time.perf_counter()
