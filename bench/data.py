@@ -9,7 +9,7 @@
    - upstream folders: per sample JSON parse + polygon rasterisation (ReasonSeg, upstream-exact)
      or pycocotools polygon decoding (REFER; the pickle and instances.json are loaded once,
      outside the timing, as upstream's REFER does at start-up) + JPEG read and decode;
-   - shards: `iter_samples` (tar stream, JSON, lossless PNG masks) + JPEG decode.
+   - shards: `rank_samples` (verified tar stream, JSON, lossless PNG masks) + JPEG decode.
    Prints both rates and their ratio (goal >= 3x per core).
 """
 
@@ -29,7 +29,8 @@ import numpy as np
 from dataset_builders.masks import rasterize_labelme
 from dataset_builders.safe_pickle import load_plain
 from pipelines.build_shards import build_shards
-from pipelines.streaming import ShardSource, iter_samples
+from pipelines.ingestion.sequential import rank_samples
+from pipelines.shard_sets import ShardSet, resolve
 
 REASON_SPLITS = ("train", "val", "test")
 REFER_DATASET = "refcoco"
@@ -96,9 +97,9 @@ def upstream_refer(root: Path, images: dict[int, dict], annotations: dict[int, d
     return count
 
 
-def from_shards(sources: list[ShardSource]) -> int:
+def from_shards(sources: list[ShardSet]) -> int:
     count = 0
-    for sample in iter_samples(sources, epoch=0, seed=0, shuffle=False):
+    for sample in rank_samples(sources):
         image = decode_jpeg(sample.image_bytes)
         count += int(image.size > 0 and all(t.mask.shape == image.shape[:2]
                                             for t in sample.targets))
@@ -136,7 +137,7 @@ def main() -> None:
     megabytes = sum(r.bytes for r in reports) / 1e6
     ray.shutdown()
 
-    sources = [ShardSource(str(out / r.dataset / r.split)) for r in reports if r.num_samples]
+    sources = [resolve(str(out), r.name) for r in reports if r.num_samples]
     refer_tables, refer_init_s = timed(load_refer, root)
     shard_s = upstream_s = float("inf")
     for _ in range(args.repeats):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,8 @@ DEFAULT_SPLIT_BY: dict[str, tuple[str, ...]] = {
     "fprefcocog": ("berkeley_exclude_unified",),
 }
 LETTER_TEST_SPLITS = ("testA", "testB", "testC")
-UPSTREAM_ORDER_KEY = "upstream_order"  # Sample.source: the image's place in upstream's walk  # REFER matches these by their last letter
+IMAGE_ID_DIGITS = 12  # COCO image ids have at most 12 digits
+UPSTREAM_ORDER_KEY = "upstream_order"  # Sample.source: the image's place in upstream's walk
 
 
 class ReferFormatError(ValueError):
@@ -98,6 +99,11 @@ def upstream_image_order(image_ids_in_ref_order: list[int]) -> list[int]:
     return list(set(image_ids_in_ref_order))
 
 
+def image_key(image_id: int) -> str:
+    """The image id zero-padded (COCO ids have at most 12 digits), so keys sort numerically."""
+    return f"{int(image_id):0{IMAGE_ID_DIGITS}d}"
+
+
 def image_folder(root: str | Path, dataset: str) -> Path:
     return Path(root) / (CLEF_IMAGE_DIR if dataset == "refclef" else COCO_IMAGE_DIR)
 
@@ -121,6 +127,76 @@ def _load_instances(path: Path) -> tuple[dict[int, dict], dict[int, Any]]:
     return images, segmentations
 
 
+@dataclass
+class ReferIndex:
+    """One REFER split loaded once: its refs grouped by image, the images and annotations.
+
+    Builders load it once per process and read disjoint sets of image ids from it in parallel
+    (`iter_refer_images`); malformed refs found while grouping are kept in `quarantine`.
+    """
+
+    dataset: str
+    split: str
+    ref_file: Path
+    instances_file: Path
+    images: dict[int, dict]
+    segmentations: dict[int, Any]
+    refs_by_image: dict[int, list[dict[str, Any]]]
+    quarantine: list[QuarantineEntry]
+    upstream_order: dict[int, int]  # image id -> its place in upstream's evaluation walk
+    settings: ValidationConfig = DEFAULT_VALIDATION
+
+    @property
+    def image_ids(self) -> list[int]:
+        return sorted(self.refs_by_image)
+
+    def file_name(self, image_id: int) -> str | None:
+        info = self.images.get(image_id)
+        return None if info is None else str(info["file_name"])
+
+
+def load_refer_index(
+    root: str | Path,
+    dataset: str,
+    split: str,
+    split_by: str | None = None,
+    settings: ValidationConfig = DEFAULT_VALIDATION,
+) -> ReferIndex:
+    """Load the refs pickle and instances.json of one split (dataset-level errors raise)."""
+    ref_file = refs_path(root, dataset, split_by)
+    instances_file = ref_file.parent / "instances.json"
+    refs = _load_refs(ref_file)
+    images, segmentations = _load_instances(instances_file)
+    by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    quarantine = []
+    in_ref_order: list[int] = []
+    for position, ref in enumerate(refs):
+        if not isinstance(ref, dict) or "image_id" not in ref or "split" not in ref:
+            quarantine.append(
+                QuarantineEntry(str(ref_file), f"ref#{position}", "ref lacks image_id or split"))
+            continue
+        if split_matches(split, str(ref["split"])):
+            by_image[int(ref["image_id"])].append(ref)
+            in_ref_order.append(int(ref["image_id"]))
+    # Upstream's evaluation walks the images in REFER.getImgIds order and draws its prompt
+    # templates in that order (read_model.template_draws); each image records its place in it.
+    upstream_order = {image_id: i for i, image_id in enumerate(upstream_image_order(in_ref_order))}
+    return ReferIndex(dataset, split, ref_file, instances_file, images, segmentations,
+                      dict(by_image), quarantine, upstream_order, settings)
+
+
+def iter_refer_images(
+    index: ReferIndex, image_ids: Iterable[int], image_folder_path: Path
+) -> Iterator[Sample | QuarantineEntry]:
+    """Samples of the given images of a loaded split (images read from `image_folder_path`)."""
+    context = _Context(index.dataset, index.split, index.ref_file, index.instances_file,
+                       Path(image_folder_path), index.segmentations, index.settings)
+    for image_id in image_ids:
+        yield from _image_sample(context, image_id, index.images.get(image_id),
+                                 index.refs_by_image.get(image_id, []),
+                                 index.upstream_order.get(image_id, -1))
+
+
 def iter_refer(
     root: str | Path,
     dataset: str,
@@ -129,27 +205,9 @@ def iter_refer(
     settings: ValidationConfig = DEFAULT_VALIDATION,
 ) -> Iterator[Sample | QuarantineEntry]:
     """Samples of one REFER dataset split, one per image, in image-id order."""
-    ref_file = refs_path(root, dataset, split_by)
-    instances_file = ref_file.parent / "instances.json"
-    refs = _load_refs(ref_file)
-    images, segmentations = _load_instances(instances_file)
-    by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    in_ref_order: list[int] = []
-    for position, ref in enumerate(refs):
-        if not isinstance(ref, dict) or "image_id" not in ref or "split" not in ref:
-            yield QuarantineEntry(str(ref_file), f"ref#{position}", "ref lacks image_id or split")
-            continue
-        if split_matches(split, str(ref["split"])):
-            by_image[int(ref["image_id"])].append(ref)
-            in_ref_order.append(int(ref["image_id"]))
-    # Upstream's evaluation walks the images in REFER.getImgIds order and draws its prompt
-    # templates in that order (read_model.template_draws); record each image's place in it.
-    upstream_order = {image_id: i for i, image_id in enumerate(upstream_image_order(in_ref_order))}
-    folder = image_folder(root, dataset)
-    context = _Context(dataset, split, ref_file, instances_file, folder, segmentations, settings)
-    for image_id in sorted(by_image):
-        yield from _image_sample(context, image_id, images.get(image_id), by_image[image_id],
-                                 upstream_order[image_id])
+    index = load_refer_index(root, dataset, split, split_by, settings)
+    yield from index.quarantine
+    yield from iter_refer_images(index, index.image_ids, image_folder(root, dataset))
 
 
 @dataclass(frozen=True)
@@ -203,7 +261,7 @@ def _image_sample(
                                   "no ref with a sentence: " + "; ".join(warnings[:3]))
         return
     yield Sample(
-        key=make_key(ctx.dataset, ctx.split, str(image_id)),
+        key=make_key(ctx.dataset, ctx.split, image_key(image_id)),
         dataset=ctx.dataset,
         split=ctx.split,
         image_bytes=image_bytes,

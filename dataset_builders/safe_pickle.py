@@ -44,3 +44,28 @@ def load_plain(path: str | Path) -> Any:
             return PlainDataUnpickler(handle, encoding=PY2_STR_ENCODING).load()
         except UnsafePickleError as err:
             raise UnsafePickleError(f"{path}: {err}") from None
+
+
+# Opcodes that look up or call a global, or hand objects to outside code: never in plain data.
+_UNSAFE_OPCODES = frozenset({"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ",
+                             "NEWOBJ_EX", "BUILD", "EXT1", "EXT2", "EXT4", "PERSID", "BINPERSID"})
+
+
+def check_plain(path: str | Path) -> None:
+    """Scan a pickle's opcodes without building anything: a cheap pre-flight check.
+
+    Raises UnsafePickleError (naming the file and the opcode) for a pickle that would call or
+    look up code, and `pickle.UnpicklingError` for a truncated or malformed one.
+    """
+    import pickletools
+
+    with open(path, "rb") as handle:
+        try:
+            for opcode, argument, position in pickletools.genops(handle):
+                if opcode.name in _UNSAFE_OPCODES:
+                    raise UnsafePickleError(
+                        f"{path}: refused: opcode {opcode.name} {argument or ''} at byte "
+                        f"{position} looks up or calls code; dataset pickles must hold plain "
+                        "data only")
+        except (ValueError, EOFError) as err:  # genops' words for a damaged stream
+            raise pickle.UnpicklingError(f"{path}: not a readable pickle: {err}") from err

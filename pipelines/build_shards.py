@@ -1,27 +1,43 @@
-"""Build WebDataset shards from upstream dataset folders with Ray Data (local or s3:// output).
+"""Build WebDataset shards from upstream dataset folders with Ray (local or s3:// in and out).
 
-    read-build-shards --dataset-root DIR --out OUT \
-        [--datasets reason_seg refcoco ...] [--splits train val ...] [--shard-size-mb 64]
+    read-build-shards --dataset-root DIR|s3://... --out OUT|s3://... \
+        [--datasets reason_seg refcoco ...] [--splits train val ...] [--shard-size-mb 64] \
+        [--min-shards 32] [--max-quarantine-fraction 0.01] [--shared-root]
 
-For each (dataset, split): Ray tasks run the `dataset_builders` reader (validation included) and
-encode every sample into its WebDataset members; the driver sorts the keys and packs them into
-shards of about `--shard-size-mb`; Ray tasks write `OUT/<dataset>/<split>/shard-NNNNNN.tar`;
-`manifest.json` is written last (docs/architecture.md §2).
+1. Cheap checks, before Ray starts: the root is readable, every requested split has its
+   folders, REFER pickles hold plain data only (an opcode scan), instances.json and the image
+   folder exist. A failure exits non-zero naming the file.
+2. One plan task per (dataset, split) lists its records (ReasonSeg file stems; REFER image ids,
+   the split's annotation files loaded once) with their sizes, sorted by key (keys carry
+   zero-padded image ids, so they sort numerically), and cuts them into at least
+   `--min-shards` shards of about `--shard-size-mb`.
+3. One task per shard reads its records (validation included), encodes and writes the tar
+   straight to storage and returns only its manifest entry and quarantine entries: no encoded
+   bytes pass through the driver or the object store, so memory stays bounded at any scale.
+4. Each (dataset, split) goes into a new version folder named by the build fingerprint
+   (inputs, options, builder code); its manifest is written last, and only when every folder of
+   the build succeeded are the pointers moved (`pipelines/shard_sets.py`). A dataset-level
+   failure (unsafe or malformed pickle, unreadable instances.json, a missing folder, a root not
+   visible on a node) or more quarantined records than `--max-quarantine-fraction` fails the
+   whole build and publishes nothing.
 
-Atomic and idempotent: the old manifest is removed before any shard is touched and the new one
-is written only after every shard is in place, so a crash leaves no manifest; the manifest keeps
-a fingerprint of the inputs, options and builder code, and a re-run with the same fingerprint
-writes nothing; shards whose bytes did not change are not rewritten; stray shards and temp files
-of an interrupted build are deleted.
+A local `--dataset-root` is read by tasks pinned to this node (where the disk is); pass
+`--shared-root` when every node mounts it at the same path, or give an s3:// root, to spread
+the reads over the cluster. A re-run with the same fingerprint writes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import hashlib
 import json
-import os
+import math
+import pickle
+import socket
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -29,22 +45,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
+from dataset_builders.sample import QuarantineEntry
 from pipelines import storage
-from pipelines.ray_runtime import ensure_ray
+from pipelines.manifest import Manifest, ManifestError, ShardEntry, read_manifest, write_manifest
+from pipelines.raw_inputs import RawInputs
 from pipelines.shard_format import (
-    IMAGE_MEMBER,
-    MANIFEST_NAME,
-    MASKS_MEMBER,
-    META_MEMBER,
     SCHEMA_VERSION,
     SHARD_PATTERN,
     ShardFormatError,
-    content_hash,
     encode_sample,
     shard_name,
     tar_bytes,
+)
+from pipelines.shard_sets import (
+    current_version,
+    publish,
+    version_folder,
 )
 from pipelines.submitted_job import refuse_relative_paths
 from read_model.config import ConfigError
@@ -59,14 +75,38 @@ DEFAULT_SPLITS: dict[str, tuple[str, ...]] = {
     "fprefcocog": ("train", "val", "test"),
 }
 DEFAULT_SHARD_SIZE_MB = 64.0
+DEFAULT_MIN_SHARDS = 32  # 2 x the loader parts of read-7b: 8 ranks x 2 loader workers
+DEFAULT_MAX_QUARANTINE_FRACTION = 0.01
+TASKS_IN_FLIGHT_PER_CPU = 2  # shard tasks queued per cluster CPU: bounds results held at once
 TAR_BLOCK = 512
-READ_TASKS_PER_CPU = 2  # reader tasks per cluster CPU: enough to balance uneven record costs
-# Files whose code decides shard contents: a change to any of them changes the fingerprint.
+MASK_BYTES_ESTIMATE = 4096  # a lossless PNG of 1-3 flat masks, for planning only
+VERSION_CHARS = 16
 _CODE_PACKAGES = ("dataset_builders",)
-_CODE_FILES = ("pipelines/shard_format.py", "pipelines/build_shards.py")
+_CODE_FILES = ("pipelines/shard_format.py", "pipelines/build_shards.py",
+               "pipelines/raw_inputs.py")
 _PROJECT_ROOT = Path(__file__).resolve().parents[1]
-# Columns of the encoded-records dataset (dots avoided in Ray column names).
-_MEMBER_COLUMNS = {IMAGE_MEMBER: "jpg", META_MEMBER: "json", MASKS_MEMBER: "masks_png"}
+REASON_SEG_FOLDER = "reason_seg/ReasonSeg"
+REFER_FOLDER = "refer_seg"
+
+
+class BuildError(RuntimeError):
+    """The build cannot produce a complete dataset; nothing was published. Names the cause."""
+
+    def __init__(self, message: str, *, before_start: bool = False) -> None:
+        super().__init__(message)
+        self.before_start = before_start  # found by the cheap checks, before Ray started
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    shard_size_mb: float = DEFAULT_SHARD_SIZE_MB
+    min_shards: int = DEFAULT_MIN_SHARDS
+    max_quarantine_fraction: float = DEFAULT_MAX_QUARANTINE_FRACTION
+    shared_root: bool = False  # a local root mounted at the same path on every node
+
+    @property
+    def shard_size_bytes(self) -> int:
+        return int(self.shard_size_mb * 1024 * 1024)
 
 
 @dataclass
@@ -75,7 +115,8 @@ class FolderReport:
 
     dataset: str
     split: str
-    url: str
+    url: str  # the version folder
+    version: str
     status: str  # "built" or "up-to-date"
     num_samples: int = 0
     num_queries: int = 0
@@ -83,166 +124,93 @@ class FolderReport:
     shards_written: int = 0
     bytes: int = 0
     seconds: float = 0.0  # wall time of the whole build call (folders are built together)
-    quarantine: list[dict[str, str]] = field(default_factory=list)
+    quarantine: list[QuarantineEntry] = field(default_factory=list)
     content_hash: str = ""
 
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}/{self.split}"
+
     def summary(self) -> str:
-        reasons = Counter(entry["reason"].split(":")[0] for entry in self.quarantine)
-        text = (f"{self.dataset}/{self.split}: {self.status}; {self.num_samples} samples, "
-                f"{self.num_queries} queries, {self.num_shards} shards "
+        reasons = Counter(entry.reason.split(":")[0] for entry in self.quarantine)
+        text = (f"{self.name}: {self.status} (version {self.version}); {self.num_samples} "
+                f"samples, {self.num_queries} queries, {self.num_shards} shards "
                 f"({self.shards_written} written), {self.bytes / 1e6:.2f} MB, "
                 f"{len(self.quarantine)} quarantined")
         for reason, count in sorted(reasons.items()):
             text += f"\n    quarantined {count}: {reason}"
         return text
 
-
-# ---------------------------------------------------------------- reading (runs in Ray tasks)
-
-def plan_read_tasks(dataset_root: str, dataset: str, split: str,
-                    num_parts: int) -> list[dict[str, Any]]:
-    """Independent reader tasks for one (dataset, split).
-
-    ReasonSeg is one record per file pair, so its stems are dealt round-robin to `num_parts`
-    tasks. A REFER split shares one pickle and one instances.json, so it is one task.
-    """
-    base = {"dataset_root": str(dataset_root), "dataset": dataset, "split": split}
-    if dataset != "reason_seg":
-        return [{**base, "part": 0, "records": []}]
-    from dataset_builders.reason_seg import split_folders
-
-    records = []
-    for part_split, folder in split_folders(dataset_root, split):
-        if not folder.is_dir():
-            raise FileNotFoundError(f"ReasonSeg split folder not found: {folder}")
-        stems = sorted({p.stem for p in folder.glob("*.jpg")} | {p.stem for p in folder.glob("*.json")})
-        records += [[str(folder), stem, part_split] for stem in stems]
-    parts = max(1, min(num_parts, len(records)))
-    return [{**base, "part": i, "records": records[i::parts]} for i in range(parts)]
+    @classmethod
+    def from_manifest(cls, url: str, version: str, status: str, manifest: Manifest,
+                      written: int = 0) -> FolderReport:
+        return cls(manifest.dataset, manifest.split, url, version, status, manifest.num_samples,
+                   manifest.num_queries, len(manifest.shards), written, manifest.num_bytes, 0.0,
+                   list(manifest.quarantine), manifest.content_hash)
 
 
-def _reader(task: dict[str, Any]) -> Iterator[Any]:
-    """The dataset_builders reader of one task: Sample | QuarantineEntry items."""
-    if task["dataset"] == "reason_seg":
-        from dataset_builders.reason_seg import read_record
+# ---------------------------------------------------------------- inputs (cheap, driver)
 
-        return (read_record(Path(folder), stem, split) for folder, stem, split in task["records"])
-    from dataset_builders.refer import iter_refer
-
-    return iter(iter_refer(task["dataset_root"], task["dataset"], task["split"]))
-
-
-_ROW_DEFAULTS: dict[str, Any] = {  # one fixed column order: Ray blocks must share a schema
-    "folder_id": 0, "kind": "", "ordinal": 0, "key": "", "jpg": b"", "json": b"",
-    "masks_png": b"", "nbytes": 0, "num_queries": 0, "source": "", "record_id": "", "reason": "",
-}
+def input_folders(dataset: str, split: str) -> list[str]:
+    """The upstream folders a (dataset, split) is read from, relative to the root."""
+    if dataset == "reason_seg":
+        return [f"{REASON_SEG_FOLDER}/{part}" for part in split.split("_") if part]
+    images = "saiapr_tc-12" if dataset == "refclef" else "mscoco/images/train2014"
+    return [f"{REFER_FOLDER}/{dataset}", f"{REFER_FOLDER}/images/{images}"]
 
 
-def _row(**values: Any) -> dict[str, Any]:
-    unknown = set(values) - set(_ROW_DEFAULTS)
-    if unknown:
-        raise KeyError(f"unknown record columns {sorted(unknown)}")
-    return {name: values.get(name, default) for name, default in _ROW_DEFAULTS.items()}
+def refs_file(raw: RawInputs, dataset: str) -> str:
+    """The refs pickle upstream opens for `dataset` (relative path), as `refs_path` picks it."""
+    from dataset_builders.refer import DEFAULT_SPLIT_BY
+
+    folder = f"{REFER_FOLDER}/{dataset}"
+    present = sorted(n for n in raw.listing(folder) if n.startswith("refs(") and n.endswith(").p"))
+    for split_by in DEFAULT_SPLIT_BY.get(dataset, ()):
+        if f"refs({split_by}).p" in present:
+            return f"{folder}/refs({split_by}).p"
+    if present:
+        return f"{folder}/{present[0]}"
+    raise BuildError(f"no refs(<splitBy>).p in {raw.url(folder)}; tried "
+                     f"{list(DEFAULT_SPLIT_BY.get(dataset, ()))}", before_start=True)
 
 
-def _quarantine_row(ordinal: int, source: str, record_id: str, reason: str) -> dict[str, Any]:
-    return _row(kind="quarantine", ordinal=ordinal, source=source, record_id=record_id,
-                reason=reason)
+def check_inputs(raw: RawInputs, dataset: str, split: str, *, explicit: bool) -> str | None:
+    """None when the (dataset, split) can be read; a reason to skip a default split whose folder
+    is absent. Dataset-level problems raise `BuildError` naming the file."""
+    folders = input_folders(dataset, split)
+    if dataset == "reason_seg":
+        absent = [f for f in folders if not raw.is_dir(f)]
+        if absent and not explicit:
+            return f"no input folder {raw.url(absent[0])}"
+        if absent:
+            raise BuildError(f"ReasonSeg split folder not found: {raw.url(absent[0])}",
+                             before_start=True)
+        return None
+    if not raw.is_dir(folders[0]):
+        raise BuildError(f"REFER dataset folder not found: {raw.url(folders[0])}",
+                         before_start=True)
+    refs = refs_file(raw, dataset)
+    _check_pickle(raw, refs)
+    instances = f"{folders[0]}/instances.json"
+    size = raw.listing(folders[0]).get("instances.json", 0)
+    if not raw.is_file(instances) or size == 0:
+        raise BuildError(f"instances file not found or empty: {raw.url(instances)}",
+                         before_start=True)
+    if not raw.is_dir(folders[1]):
+        raise BuildError(f"image folder not found: {raw.url(folders[1])}", before_start=True)
+    return None
 
 
-def read_and_encode(task: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Ray Data `flat_map`: one reader task -> encoded sample rows and quarantine rows.
+def _check_pickle(raw: RawInputs, relative: str) -> None:
+    from dataset_builders.safe_pickle import check_plain
 
-    A reader that raises mid-way (an unreadable annotation file) becomes one quarantine row for
-    the whole task instead of a failed build.
-    """
-    folder_id = int(task.get("folder_id", 0))
-    for row in _encoded_rows(task):
-        row["folder_id"] = folder_id
-        yield row
-
-
-def _encoded_rows(task: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    from dataset_builders.sample import QuarantineEntry
-
-    ordinal = int(task["part"]) << 32
+    local = raw.stage_cached([relative]) / relative
     try:
-        for item in _reader(task):
-            ordinal += 1
-            if isinstance(item, QuarantineEntry):
-                yield _quarantine_row(ordinal, item.source, item.record_id, item.reason)
-                continue
-            try:
-                members = encode_sample(item)
-            except ShardFormatError as error:
-                yield _quarantine_row(ordinal, str(item.source.get("image", "")), item.key,
-                                      f"cannot encode: {error}")
-                continue
-            row = _row(kind="sample", ordinal=ordinal, key=item.key,
-                       num_queries=item.num_queries,
-                       **{column: members[member] for member, column in _MEMBER_COLUMNS.items()})
-            row["nbytes"] = _tar_size(row)
-            yield row
-    except Exception as error:  # a reader failure must not kill a long build
-        yield _quarantine_row(ordinal + 1, f"{task['dataset']}/{task['split']}",
-                              "<reader>", f"reader failed: {type(error).__name__}: {error}")
+        check_plain(local)
+    except pickle.UnpicklingError as error:  # UnsafePickleError included
+        raise BuildError(str(error).replace(str(local), raw.url(relative)),
+                         before_start=True) from error
 
-
-def _tar_size(row: dict[str, Any]) -> int:
-    """Bytes this sample adds to a tar: a header plus padded data per member."""
-    return sum(TAR_BLOCK + -(-len(row[c]) // TAR_BLOCK) * TAR_BLOCK for c in _MEMBER_COLUMNS.values())
-
-
-# ---------------------------------------------------------------- writing (runs in Ray tasks)
-
-_INDEX_COLUMNS = ("folder_id", "kind", "ordinal", "key", "nbytes", "num_queries", "source",
-                  "record_id", "reason")
-
-
-def index_block(block: Any) -> Any:
-    """Ray task: the small columns of one encoded block (a pandas frame), bytes left behind."""
-    from ray.data.block import BlockAccessor
-
-    table = BlockAccessor.for_block(block).to_arrow()
-    return table.select(list(_INDEX_COLUMNS)).to_pandas()
-
-
-def write_shard(folder: str, name: str, previous: dict[str, Any] | None,
-                wanted: list[tuple[int, int]], *blocks: Any) -> dict[str, Any]:
-    """Ray task: gather one shard's rows from the blocks holding them, write the tar.
-
-    `wanted` lists the (folder_id, ordinal) of its rows. The tar is not rewritten when the
-    existing file already has the sha256 and size of the previous manifest.
-    """
-    from ray.data.block import BlockAccessor
-
-    wanted_set = set(wanted)
-    samples = []
-    for block in blocks:
-        table = BlockAccessor.for_block(block).to_arrow()
-        ids = zip(table.column("folder_id").to_pylist(), table.column("ordinal").to_pylist(),
-                  strict=True)
-        rows = [i for i, pair in enumerate(ids) if pair in wanted_set]
-        for row in table.take(rows).to_pylist():
-            samples.append({"__key__": row["key"],
-                            **{member: row[column] for member, column in _MEMBER_COLUMNS.items()},
-                            "num_queries": row["num_queries"]})
-    samples.sort(key=lambda m: m["__key__"])
-    if len(samples) != len(wanted_set):
-        raise RuntimeError(f"{folder}/{name}: gathered {len(samples)} of {len(wanted_set)} rows")
-    data = tar_bytes(samples)
-    digest = hashlib.sha256(data).hexdigest()
-    url = storage.join(folder, name)
-    existing = storage.stat(url) if previous else None
-    unchanged = bool(previous and previous["sha256"] == digest and existing
-                     and existing.size == len(data))
-    if not unchanged:
-        storage.write_bytes(url, data)
-    return {"name": name, "num_samples": len(samples), "sha256": digest, "bytes": len(data),
-            "num_queries": sum(int(m["num_queries"]) for m in samples), "written": not unchanged}
-
-
-# ---------------------------------------------------------------- driver
 
 def code_fingerprint() -> str:
     """sha256 of the builder code (readers, validation, shard format)."""
@@ -257,266 +225,454 @@ def code_fingerprint() -> str:
     return digest.hexdigest()
 
 
-def input_folders(dataset_root: str, dataset: str, split: str) -> list[Path]:
-    """The upstream folders a (dataset, split) is read from (`READ:dataset/README.md` layout)."""
-    root = Path(dataset_root)
-    if dataset == "reason_seg":
-        return [root / "reason_seg" / "ReasonSeg" / part for part in split.split("_")]
-    images = "saiapr_tc-12" if dataset == "refclef" else "mscoco/images/train2014"
-    return [root / "refer_seg" / dataset, root / "refer_seg" / "images" / images]
-
-
-def input_fingerprint(folders: Sequence[Path]) -> str:
-    """sha256 over (relative path, size, mtime) of every input file: cheap, no content reads."""
-    digest = hashlib.sha256()
-    for folder in folders:
-        digest.update(str(folder).encode())
-        if not folder.is_dir():
-            digest.update(b"<missing>")
-            continue
-        for dirpath, dirnames, filenames in os.walk(folder):
-            dirnames.sort()
-            for filename in sorted(filenames):
-                info = os.stat(os.path.join(dirpath, filename))
-                rel = os.path.relpath(os.path.join(dirpath, filename), folder)
-                digest.update(f"{rel}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
-
-
-def build_fingerprint(dataset_root: str, dataset: str, split: str, shard_size_bytes: int) -> str:
+def build_fingerprint(raw: RawInputs, dataset: str, split: str, options: BuildOptions) -> str:
     payload = {
         "schema": SCHEMA_VERSION, "dataset": dataset, "split": split,
-        "shard_size_bytes": shard_size_bytes, "code": code_fingerprint(),
-        "inputs": input_fingerprint(input_folders(dataset_root, dataset, split)),
+        "shard_size_bytes": options.shard_size_bytes, "min_shards": options.min_shards,
+        "code": code_fingerprint(), "inputs": raw.fingerprint(input_folders(dataset, split)),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def assign_shards(keys: Sequence[str], sizes: Sequence[int], shard_size_bytes: int) -> list[int]:
-    """Shard index per key: keys in sorted order, a new shard when the next would overflow."""
-    order = sorted(range(len(keys)), key=lambda i: keys[i])
-    assignment = [0] * len(keys)
-    shard, used = 0, 0
-    for i in order:
-        if used and used + sizes[i] > shard_size_bytes:
-            shard, used = shard + 1, 0
-        assignment[i] = shard
-        used += sizes[i]
-    return assignment
+# ---------------------------------------------------------------- planning (Ray task)
+
+def _tar_size(*member_sizes: int) -> int:
+    return sum(TAR_BLOCK + -(-size // TAR_BLOCK) * TAR_BLOCK for size in member_sizes)
 
 
-def _load_manifest(url: str) -> dict[str, Any] | None:
+@functools.lru_cache(maxsize=4)
+def _refer_index(root: str, dataset: str, split: str, split_by: str, stamp: str) -> Any:
+    """A split's REFER index, loaded once per process (`stamp` changes when the files do)."""
+    from dataset_builders.refer import load_refer_index
+
+    return load_refer_index(root, dataset, split, split_by)
+
+
+def _refer_inputs(raw: RawInputs, dataset: str, split: str, refs: str) -> Any:
+    instances = f"{Path(refs).parent}/instances.json"
+    local = raw.stage_cached([refs, instances])
+    stamp = "|".join(f"{p.stat().st_size}:{p.stat().st_mtime_ns}"
+                     for p in (local / refs, local / instances))
+    split_by = Path(refs).name[len("refs("):-len(").p")]
+    return _refer_index(str(local), dataset, split, split_by, stamp)
+
+
+def _visible_here(raw: RawInputs, dataset: str, split: str) -> None:
+    """A local root must be on this node; say so loudly instead of quarantining everything."""
+    if raw.is_s3:
+        return
+    absent = [f for f in input_folders(dataset, split) if not raw.is_dir(f)]
+    if absent:
+        raise FileNotFoundError(
+            f"{raw.url(absent[0])} is not visible on node {socket.gethostname()} "
+            f"({_node_ip()}); a local --dataset-root must be read where it is (drop "
+            "--shared-root) or given as an s3:// root")
+
+
+def _node_ip() -> str:
+    with contextlib.suppress(Exception):
+        import ray
+
+        return ray.util.get_node_ip_address()
+    return "?"
+
+
+def plan_folder(root: str, dataset: str, split: str, refs: str) -> dict[str, Any]:
+    """Ray task: the folder's records [(record id, estimated tar bytes)] in key order."""
+    from dataset_builders.sample import make_key
+
+    raw = RawInputs(root)
     try:
-        return json.loads(storage.read_bytes(url))
-    except (FileNotFoundError, OSError, json.JSONDecodeError):
-        return None
+        _visible_here(raw, dataset, split)
+        if dataset == "reason_seg":
+            records = []
+            for folder in input_folders(dataset, split):
+                part = folder.rsplit("/", 1)[1]
+                files = raw.listing(folder)
+                stems = {Path(n).stem for n in files if n.endswith((".jpg", ".json"))}
+                for stem in stems:
+                    size = _tar_size(files.get(f"{stem}.jpg", 0), files.get(f"{stem}.json", 0),
+                                     MASK_BYTES_ESTIMATE)
+                    records.append((make_key(dataset, part, stem), f"{part}/{stem}", size))
+            records.sort()
+            return {"records": [[r, s] for _, r, s in records], "quarantine": [], "fatal": None}
+        index = _refer_inputs(raw, dataset, split, refs)
+        images = raw.listing(input_folders(dataset, split)[1])
+        records = [[image_id, _tar_size(images.get(index.file_name(image_id) or "", 0),
+                                        2048, MASK_BYTES_ESTIMATE)]
+                   for image_id in index.image_ids]  # ids ascend: zero-padded keys ascend
+        quarantine = [[q.source, q.record_id, q.reason] for q in index.quarantine]
+        return {"records": records, "quarantine": quarantine, "fatal": None}
+    except Exception as error:  # dataset level: reported by the driver, which stops the build
+        return {"records": [], "quarantine": [], "fatal": f"{type(error).__name__}: {error}"}
 
 
-def _is_current(manifest: dict[str, Any] | None, fingerprint: str, folder: str) -> bool:
-    if not manifest or manifest.get("fingerprint") != fingerprint:
-        return False
-    present = {entry.name: entry.size for entry in storage.list_files(folder)}
-    return all(present.get(s["name"]) == s["bytes"] for s in manifest["shards"])
+def pack(sizes: Sequence[int], shard_size_bytes: int, min_shards: int) -> list[tuple[int, int]]:
+    """[start, end) index ranges of contiguous shards: at least `min_shards` (when there are
+    that many records), each about `shard_size_bytes`, balanced by estimated size."""
+    count = len(sizes)
+    if count == 0:
+        return []
+    total = sum(sizes)
+    shards = min(count, max(int(min_shards), math.ceil(total / max(shard_size_bytes, 1)), 1))
+    bounds, start, used = [], 0, 0
+    for index, size in enumerate(sizes):
+        used += size
+        left_records, left_shards = count - index - 1, shards - len(bounds) - 1
+        full = used >= total * (len(bounds) + 1) / shards
+        if left_shards > 0 and (full or left_records == left_shards):
+            bounds.append((start, index + 1))
+            start = index + 1
+    bounds.append((start, count))
+    return [b for b in bounds if b[1] > b[0]]
 
 
-def _remote_args(out: str) -> dict[str, Any]:
-    """For s3:// output, forward the AWS variables to Ray workers started before they were set.
+# ---------------------------------------------------------------- writing (Ray task)
 
-    (A per-task runtime_env starts dedicated workers, so local builds do without it.)
+def _shard_items(raw: RawInputs, dataset: str, split: str, refs: str, records: list[Any],
+                 scratch: Path) -> tuple[Iterator[Any], list[Path]]:
+    """The reader items of a shard's records, and the local roots they were read from."""
+    if dataset == "reason_seg":
+        from dataset_builders.reason_seg import read_record
+
+        relatives = [f"{REASON_SEG_FOLDER}/{record}.{ext}" for record in records
+                     for ext in ("jpg", "json")]
+        local = raw.stage(relatives, scratch)
+        pairs = [str(record).split("/", 1) for record in records]
+        return (read_record(local / REASON_SEG_FOLDER / part, stem, part)
+                for part, stem in pairs), [local]
+    from dataset_builders.refer import iter_refer_images
+
+    index = _refer_inputs(raw, dataset, split, refs)
+    images = input_folders(dataset, split)[1]
+    names = [index.file_name(int(i)) for i in records]
+    local = raw.stage([f"{images}/{n}" for n in names if n], scratch)
+    items = iter_refer_images(index, [int(i) for i in records], local / images)
+    return items, [local, index.ref_file.parents[2]]
+
+
+def write_shard(root: str, dataset: str, split: str, refs: str, folder: str, name: str,
+                records: list[Any]) -> dict[str, Any]:
+    """Ray task: read, validate and encode the records of one shard; write its tar.
+
+    Returns the manifest entry (None when every record was quarantined), the quarantine
+    entries, and a dataset-level failure as `fatal` (the build stops on it).
     """
-    if not storage.is_s3(out):
-        return {}
-    return {"runtime_env": {"env_vars": storage.aws_environment()}}
+    from dataset_builders.sample import QuarantineEntry as Quarantined
 
+    raw = RawInputs(root)
+    members, quarantine = [], []
+    try:
+        _visible_here(raw, dataset, split)
+        with tempfile.TemporaryDirectory(prefix="read-build-") as scratch:
+            items, local_roots = _shard_items(raw, dataset, split, refs, records, Path(scratch))
+            for item in items:
+                if isinstance(item, Quarantined):
+                    quarantine.append([raw.external(item.source, local_roots), item.record_id,
+                                       raw.external(item.reason, local_roots)])
+                    continue
+                item.source = {k: raw.external(v, local_roots) for k, v in item.source.items()}
+                try:
+                    encoded = encode_sample(item)
+                except ShardFormatError as error:
+                    quarantine.append([str(item.source.get("image", "")), item.key,
+                                       f"cannot encode: {error}"])
+                    continue
+                members.append((encoded, item.num_queries))
+    except Exception as error:  # dataset level (an annotation file, the root itself)
+        return {"entry": None, "quarantine": quarantine, "fatal": f"{type(error).__name__}: {error}"}
+    if not members:
+        return {"entry": None, "quarantine": quarantine, "fatal": None}
+    members.sort(key=lambda m: m[0]["__key__"])
+    data = tar_bytes([m for m, _ in members])
+    storage.write_bytes(storage.join(folder, name), data)
+    entry = {"name": name, "num_samples": len(members),
+             "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+             "num_queries": sum(q for _, q in members)}
+    return {"entry": entry, "quarantine": quarantine, "fatal": None}
+
+
+# ---------------------------------------------------------------- driver
 
 @dataclass
-class _FolderPlan:
-    """One (dataset, split) that needs building."""
+class _Folder:
+    """One (dataset, split) to build."""
 
-    folder_id: int
     dataset: str
     split: str
-    folder: str
     fingerprint: str
-    previous: dict[str, dict[str, Any]]
+    refs: str = ""
+    explicit: bool = False
+    plan: dict[str, Any] = field(default_factory=dict)
+    entries: list[ShardEntry] = field(default_factory=list)
+    quarantine: list[QuarantineEntry] = field(default_factory=list)
+    fatal: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}/{self.split}"
+
+    @property
+    def version(self) -> str:
+        return self.fingerprint[:VERSION_CHARS]
 
 
-def _build_folders(dataset_root: str, out: str, plans: list[_FolderPlan],
-                   shard_size_bytes: int) -> dict[int, FolderReport]:
-    """Read and encode every planned folder with Ray Data, then write the shards from Ray tasks.
-
-    The encoded records stay in the object store; the driver only sees their small index
-    columns, packs the sorted keys into shards, and each writer task fetches just the blocks
-    holding its rows.
-    """
+def _placement(raw: RawInputs, options: BuildOptions) -> dict[str, Any]:
+    """Where read tasks may run: anywhere for s3:// or a shared disk, else on this node."""
     import ray
-    import ray.data
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    ensure_ray(log_to_driver=False)
-    remote = _remote_args(out)
-    num_parts = max(1, int(ray.cluster_resources().get("CPU", 1))) * READ_TASKS_PER_CPU
-    tasks = [{**task, "folder_id": plan.folder_id}
-             for plan in plans
-             for task in plan_read_tasks(dataset_root, plan.dataset, plan.split, num_parts)]
-    records = (ray.data.from_items(tasks, override_num_blocks=len(tasks))
-               .flat_map(read_and_encode, **remote)
-               .materialize())
-    blocks = list({entry.ref.hex(): entry.ref
-                   for bundle in records.iter_internal_ref_bundles()
-                   for entry in bundle.blocks}.values())
-    indexes = ray.get([ray.remote(index_block).remote(ref) for ref in blocks])
-    owner = {(int(f), int(o)): position
-             for position, frame in enumerate(indexes)
-             for f, o in zip(frame["folder_id"], frame["ordinal"], strict=True)}
-    index = pd.concat(indexes, ignore_index=True) if indexes else pd.DataFrame(
-        columns=list(_INDEX_COLUMNS))
-
-    writer = ray.remote(write_shard).options(**remote)
-    pending: dict[int, list[Any]] = {plan.folder_id: [] for plan in plans}
-    quarantine: dict[int, list[dict[str, str]]] = {}
-    for plan in plans:
-        rows = index[index["folder_id"] == plan.folder_id]
-        entries = [
-            {"source": str(r.source), "record_id": str(r.record_id), "reason": str(r.reason)}
-            for r in rows[rows["kind"] == "quarantine"].sort_values("ordinal").itertuples()
-        ]
-        samples = rows[rows["kind"] == "sample"].sort_values(["key", "ordinal"])
-        duplicated = samples.duplicated("key", keep="first")
-        entries += [{"source": f"{plan.dataset}/{plan.split}", "record_id": str(r.key),
-                     "reason": "duplicate key: another record already has this key"}
-                    for r in samples[duplicated].itertuples()]
-        quarantine[plan.folder_id] = entries
-        kept = samples[~duplicated]
-        members: dict[int, list[tuple[int, int]]] = {}
-        shards = assign_shards(kept["key"].tolist(), kept["nbytes"].tolist(), shard_size_bytes)
-        for ordinal, shard in zip(kept["ordinal"].tolist(), shards, strict=True):
-            members.setdefault(shard, []).append((plan.folder_id, int(ordinal)))
-        for shard, wanted in sorted(members.items()):
-            name = shard_name(shard)
-            needed = sorted({owner[pair] for pair in wanted})
-            pending[plan.folder_id].append(writer.remote(
-                plan.folder, name, plan.previous.get(name), wanted,
-                *[blocks[i] for i in needed]))
-    return {
-        plan.folder_id: _finish_folder(plan.folder, plan.dataset, plan.split,
-                                       ray.get(pending[plan.folder_id]),
-                                       quarantine[plan.folder_id], plan.fingerprint,
-                                       shard_size_bytes)
-        for plan in plans
-    }
+    if raw.is_s3 or options.shared_root:
+        remote: dict[str, Any] = {"scheduling_strategy": "SPREAD"}
+    else:
+        node = ray.get_runtime_context().get_node_id()
+        remote = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
+    if raw.is_s3 or storage.is_s3(raw.root):
+        remote["runtime_env"] = {"env_vars": storage.aws_environment()}
+    return remote
 
 
-def _finish_folder(folder: str, dataset: str, split: str, shard_rows: list[dict[str, Any]],
-                   quarantine: list[dict[str, str]], fingerprint: str,
-                   shard_size_bytes: int) -> FolderReport:
-    """Delete strays, then write the manifest: the last step of every build."""
-    shard_rows = sorted(shard_rows, key=lambda r: r["name"])
-    keep = {r["name"] for r in shard_rows}
-    for entry in storage.list_files(folder):  # strays of an earlier or interrupted build
-        is_ours = SHARD_PATTERN.match(entry.name) or storage.TMP_MARKER in entry.name
-        if is_ours and entry.name not in keep:
-            storage.delete(storage.join(folder, entry.name))
-    shards = [{"name": r["name"], "num_samples": int(r["num_samples"]),
-               "sha256": str(r["sha256"]), "bytes": int(r["bytes"])} for r in shard_rows]
-    manifest = {
-        "schema": SCHEMA_VERSION, "dataset": dataset, "split": split,
-        "num_samples": sum(s["num_samples"] for s in shards),
-        "num_queries": int(sum(int(r["num_queries"]) for r in shard_rows)),
-        "shards": shards, "quarantine": quarantine,
-        "content_hash": content_hash([s["sha256"] for s in shards]),
-        "fingerprint": fingerprint, "shard_size_bytes": shard_size_bytes,
-    }
-    storage.write_bytes(storage.join(folder, MANIFEST_NAME),
-                        json.dumps(manifest, indent=1, sort_keys=True).encode())
-    return FolderReport(dataset, split, folder, "built", manifest["num_samples"],
-                        manifest["num_queries"], len(shards),
-                        sum(bool(r["written"]) for r in shard_rows),
-                        sum(s["bytes"] for s in shards), 0.0, quarantine,
-                        manifest["content_hash"])
+def _remote_env(out: str) -> dict[str, Any]:
+    """S3 output needs the AWS variables in workers started before they were set."""
+    return {"env_vars": storage.aws_environment()} if storage.is_s3(out) else {}
 
 
-def write_samples(samples: Sequence[Any], folder: str, *, dataset: str, split: str,
-                  quarantine: Sequence[Any] = (),
-                  shard_size_mb: float = DEFAULT_SHARD_SIZE_MB) -> FolderReport:
-    """Write canonical samples as a shard folder in this process, without Ray.
+def _run_tasks(function: Any, calls: list[tuple[Any, ...]], remote: dict[str, Any]
+               ) -> list[dict[str, Any]]:
+    """Run `function(*call)` as Ray tasks, at most TASKS_IN_FLIGHT_PER_CPU per CPU at a time."""
+    import ray
 
-    The same packing, tars and manifest as `build_shards`; for small folders made in tests and
-    tools that already hold `Sample`s. `quarantine` takes `QuarantineEntry`s.
-    """
-    shard_size_bytes = int(shard_size_mb * 1024 * 1024)
-    storage.delete(storage.join(folder, MANIFEST_NAME))
-    by_key = {}
-    for sample in samples:
-        members = encode_sample(sample)
-        row = {"__key__": sample.key, **members, "num_queries": sample.num_queries}
-        by_key[sample.key] = row
-    keys = sorted(by_key)
-    sizes = [_tar_size({c: by_key[k][m] for m, c in _MEMBER_COLUMNS.items()}) for k in keys]
-    assignment = assign_shards(keys, sizes, shard_size_bytes)
-    shard_rows = []
-    for shard in sorted(set(assignment)):
-        rows = [by_key[k] for k, a in zip(keys, assignment, strict=True) if a == shard]
-        data = tar_bytes(rows)
-        storage.write_bytes(storage.join(folder, shard_name(shard)), data)
-        shard_rows.append({"name": shard_name(shard), "num_samples": len(rows),
-                           "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
-                           "num_queries": sum(r["num_queries"] for r in rows), "written": True})
-    entries = [{"source": q.source, "record_id": q.record_id, "reason": q.reason}
-               for q in quarantine]
-    return _finish_folder(folder, dataset, split, shard_rows, entries, "", shard_size_bytes)
+    task = ray.remote(function).options(**remote)
+    window = max(2, int(ray.cluster_resources().get("CPU", 1)) * TASKS_IN_FLIGHT_PER_CPU)
+    results: dict[int, dict[str, Any]] = {}
+    pending: dict[Any, int] = {}
+    for index, call in enumerate(calls):
+        if len(pending) >= window:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                results[pending.pop(ref)] = ray.get(ref)
+        pending[task.remote(*call)] = index
+    for ref, index in pending.items():
+        results[index] = ray.get(ref)
+    return [results[i] for i in range(len(calls))]
+
+
+def _fatal_message(folders: list[_Folder]) -> str:
+    lines = [f"{f.name}: {reason}" for f in folders for reason in sorted(set(f.fatal))[:5]]
+    return "dataset-level failure, nothing was published:\n  " + "\n  ".join(lines)
 
 
 def build_shards(dataset_root: str, out: str, *, datasets: Sequence[str] = ("reason_seg",),
-                 splits: Sequence[str] | None = None,
-                 shard_size_mb: float = DEFAULT_SHARD_SIZE_MB) -> list[FolderReport]:
-    """Build every requested (dataset, split); the function the workflow calls.
+                 splits: Sequence[str] | None = None, sets: Sequence[str] | None = None,
+                 options: BuildOptions | None = None) -> list[FolderReport]:
+    """Build every requested (dataset, split) into new versions; publish all or nothing.
 
-    Uses the running Ray (or starts a local one). `splits` defaults to the dataset's usual
-    splits; a (dataset, split) whose input folder is absent is skipped with a message. Folders
-    already built from the same inputs, options and code are left untouched ("up-to-date").
+    Uses the running Ray (or starts a local one) only after the cheap checks pass. `splits`
+    defaults to each dataset's usual splits, of which absent ones are skipped with a message;
+    requested splits (or `sets`, explicit `<dataset>/<split>` names replacing both) must
+    exist. Raises `BuildError` for anything that would leave a partial dataset.
     """
-    storage.check_reachable(out)
-    if not Path(dataset_root).is_dir():
-        raise FileNotFoundError(f"dataset root {dataset_root} is not a folder")
+    options = options or BuildOptions()
     started = time.perf_counter()
-    shard_size_bytes = int(shard_size_mb * 1024 * 1024)
-    reports: dict[int, FolderReport] = {}
-    plans: list[_FolderPlan] = []
-    for dataset in datasets:
-        wanted = list(splits) if splits else list(DEFAULT_SPLITS.get(dataset, ("train", "val")))
-        for split in wanted:
-            if not all(f.exists() for f in input_folders(dataset_root, dataset, split)[:1]):
-                print(f"{dataset}/{split}: no input folder under {dataset_root}, skipped")
+    raw = RawInputs(dataset_root)
+    try:
+        readable = raw.is_dir()
+    except OSError as error:
+        raise BuildError(f"dataset root {dataset_root} is unreadable: {error}",
+                         before_start=True) from error
+    if not readable:
+        raise BuildError(f"dataset root {dataset_root} is not a readable folder",
+                         before_start=True)
+    try:
+        storage.check_reachable(out)
+    except storage.StorageError as error:
+        raise BuildError(f"--out: {error}", before_start=True) from error
+    explicit = splits is not None or sets is not None
+    if sets is not None:
+        wanted = [tuple(name.split("/", 1)) for name in sets]
+    else:
+        wanted = [(dataset, split) for dataset in datasets
+                  for split in (splits or DEFAULT_SPLITS.get(dataset, ("train", "val")))]
+    folders: list[_Folder] = []
+    for dataset, split in wanted:
+        skip = check_inputs(raw, dataset, split, explicit=explicit)
+        if skip:
+            print(f"{dataset}/{split}: {skip}, skipped")
+            continue
+        refs = "" if dataset == "reason_seg" else refs_file(raw, dataset)
+        folders.append(_Folder(dataset, split, build_fingerprint(raw, dataset, split, options),
+                               refs, explicit=explicit))
+    reports: dict[str, FolderReport] = {}
+    todo = []
+    for folder in folders:
+        url = version_folder(out, folder.name, folder.version)
+        try:
+            manifest = read_manifest(url)
+            if _files_present(url, manifest):
+                reports[folder.name] = FolderReport.from_manifest(url, folder.version,
+                                                                  "up-to-date", manifest)
                 continue
-            folder_id = len(reports) + len(plans)
-            folder = storage.join(out, dataset, split)
-            manifest_url = storage.join(folder, MANIFEST_NAME)
-            fingerprint = build_fingerprint(dataset_root, dataset, split, shard_size_bytes)
-            old = _load_manifest(manifest_url)
-            if old is not None and _is_current(old, fingerprint, folder):
-                reports[folder_id] = FolderReport(
-                    dataset, split, folder, "up-to-date", old["num_samples"], old["num_queries"],
-                    len(old["shards"]), 0, sum(s["bytes"] for s in old["shards"]), 0.0,
-                    old["quarantine"], old["content_hash"])
-                continue
-            storage.delete(manifest_url)  # from here until the build ends: no manifest
-            previous = {s["name"]: s for s in (old or {}).get("shards", [])}
-            plans.append(_FolderPlan(folder_id, dataset, split, folder, fingerprint, previous))
-    if plans:
-        reports.update(_build_folders(dataset_root, out, plans, shard_size_bytes))
+        except ManifestError:
+            pass
+        todo.append(folder)
+    if todo:
+        reports.update(_build(raw, out, todo, options))
+    for folder in folders:  # every folder is complete: move the pointers, last
+        report = reports.get(folder.name)
+        if report is None:
+            continue
+        if current_version(out, folder.name) != folder.version:
+            publish(out, folder.name, folder.version, read_manifest(report.url))
     elapsed = time.perf_counter() - started
     for report in reports.values():
         report.seconds = elapsed
-    return [reports[i] for i in sorted(reports)]
+    return [reports[f.name] for f in folders if f.name in reports]
+
+
+def _files_present(url: str, manifest: Manifest) -> bool:
+    present = {entry.name: entry.size for entry in storage.list_files(url)}
+    return all(present.get(s.name) == s.bytes for s in manifest.shards)
+
+
+def _build(raw: RawInputs, out: str, folders: list[_Folder],
+           options: BuildOptions) -> dict[str, FolderReport]:
+    from pipelines.ray_runtime import ensure_ray
+
+    ensure_ray(log_to_driver=False)
+    remote = _placement(raw, options)
+    plans = _run_tasks(plan_folder, [(raw.root, f.dataset, f.split, f.refs) for f in folders],
+                       remote)
+    for folder, plan in zip(folders, plans, strict=True):
+        folder.plan = plan
+        if plan["fatal"]:
+            folder.fatal.append(plan["fatal"])
+        folder.quarantine += [QuarantineEntry(*q) for q in plan["quarantine"]]
+    for folder in folders:
+        if not folder.plan["records"] and not folder.quarantine:
+            source = folder.refs or input_folders(folder.dataset, folder.split)[0]
+            if folder.explicit:
+                folder.fatal.append(f"no records of split {folder.split!r} in {raw.url(source)}")
+            else:
+                print(f"{folder.name}: no records in {raw.url(source)}, skipped")
+    if any(f.fatal for f in folders):
+        raise BuildError(_fatal_message(folders))
+    folders = [f for f in folders if f.plan["records"] or f.quarantine]
+    calls, owners = [], []
+    for folder in folders:
+        records = folder.plan["records"]
+        url = version_folder(out, folder.name, folder.version)
+        for index, (start, end) in enumerate(pack([s for _, s in records],
+                                                  options.shard_size_bytes, options.min_shards)):
+            calls.append((raw.root, folder.dataset, folder.split, folder.refs, url,
+                          shard_name(index), [r for r, _ in records[start:end]]))
+            owners.append(folder)
+    write_remote = {**remote}
+    env = {**remote.get("runtime_env", {}).get("env_vars", {}),
+           **_remote_env(out).get("env_vars", {})}
+    if env:
+        write_remote["runtime_env"] = {"env_vars": env}
+    for folder, result in zip(owners, _run_tasks(write_shard, calls, write_remote), strict=True):
+        if result["fatal"]:
+            folder.fatal.append(result["fatal"])
+        folder.quarantine += [QuarantineEntry(*q) for q in result["quarantine"]]
+        if result["entry"]:
+            folder.entries.append(ShardEntry(**result["entry"]))
+    if any(f.fatal for f in folders):
+        raise BuildError(_fatal_message(folders))
+    for folder in folders:
+        _check_quarantine(folder, options.max_quarantine_fraction)
+    reports = {}
+    for folder in folders:
+        url = version_folder(out, folder.name, folder.version)
+        manifest = Manifest(folder.dataset, folder.split,
+                            tuple(sorted(folder.entries, key=lambda e: e.name)),
+                            tuple(folder.quarantine), folder.fingerprint,
+                            options.shard_size_bytes, options.min_shards)
+        _remove_strays(url, manifest)
+        write_manifest(url, manifest)
+        reports[folder.name] = FolderReport.from_manifest(url, folder.version, "built", manifest,
+                                                          written=len(manifest.shards))
+    return reports
+
+
+def _check_quarantine(folder: _Folder, max_fraction: float) -> None:
+    samples = sum(e.num_samples for e in folder.entries)
+    quarantined = len(folder.quarantine)
+    if samples == 0:
+        raise BuildError(f"{folder.name}: no sample survived validation "
+                         f"({quarantined} quarantined); nothing was published"
+                         + _reason_lines(folder.quarantine))
+    fraction = quarantined / (samples + quarantined)
+    if fraction > max_fraction:
+        raise BuildError(
+            f"{folder.name}: {quarantined} of {samples + quarantined} records quarantined "
+            f"({fraction:.1%} > --max-quarantine-fraction {max_fraction:g}); nothing was "
+            "published" + _reason_lines(folder.quarantine))
+
+
+def _reason_lines(quarantine: Sequence[QuarantineEntry]) -> str:
+    counts = Counter(q.reason.split(":")[0] for q in quarantine)
+    return "".join(f"\n    quarantined {n}: {reason}" for reason, n in counts.most_common(10))
+
+
+def _remove_strays(url: str, manifest: Manifest) -> None:
+    """Shards and temp files of an interrupted attempt at this same version."""
+    keep = {s.name for s in manifest.shards}
+    for entry in storage.list_files(url):
+        ours = SHARD_PATTERN.match(entry.name) or storage.TMP_MARKER in entry.name
+        if ours and entry.name not in keep:
+            storage.delete(storage.join(url, entry.name))
+
+
+def write_samples(samples: Sequence[Any], folder: str, *, dataset: str, split: str,
+                  quarantine: Sequence[QuarantineEntry] = (),
+                  shard_size_mb: float = DEFAULT_SHARD_SIZE_MB,
+                  min_shards: int = 1) -> FolderReport:
+    """Write canonical samples as a published shard set in this process, without Ray.
+
+    `folder` is the set folder (`<root>/<dataset>/<split>`); the version is named by the
+    content hash. The same packing, tars and manifest as `build_shards`; for tests and tools
+    that already hold `Sample`s.
+    """
+    encoded = sorted(((encode_sample(s), s.num_queries) for s in samples),
+                     key=lambda m: m[0]["__key__"])
+    sizes = [_tar_size(*(len(m[k]) for k in ("jpg", "json", "masks.png"))) for m, _ in encoded]
+    shard_size_bytes = int(shard_size_mb * 1024 * 1024)
+    tars = []
+    for index, (start, end) in enumerate(pack(sizes, shard_size_bytes, min_shards)):
+        data = tar_bytes([m for m, _ in encoded[start:end]])
+        tars.append((ShardEntry(shard_name(index), end - start, hashlib.sha256(data).hexdigest(),
+                                len(data), sum(q for _, q in encoded[start:end])), data))
+    manifest = Manifest(dataset, split, tuple(e for e, _ in tars), tuple(quarantine), "",
+                        shard_size_bytes, min_shards)
+    version = manifest.content_hash[:VERSION_CHARS]
+    name = f"{dataset}/{split}"
+    if not folder.rstrip("/").endswith(f"/{name}"):
+        raise ValueError(f"{folder} must end in /{name}")
+    root = folder.rstrip("/").rsplit("/", 2)[0]
+    url = version_folder(root, name, version)
+    for entry, data in tars:
+        storage.write_bytes(storage.join(url, entry.name), data)
+    write_manifest(url, manifest)
+    publish(root, name, version, manifest)
+    return FolderReport.from_manifest(url, version, "built", manifest, written=len(tars))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset-root", required=True, help="folder with the upstream layout")
+    parser.add_argument("--dataset-root", required=True,
+                        help="folder or s3:// prefix with the upstream layout")
     parser.add_argument("--out", required=True, help="local folder or s3://bucket/prefix")
     parser.add_argument("--datasets", nargs="+", default=["reason_seg"])
     parser.add_argument("--splits", nargs="+", default=None)
     parser.add_argument("--shard-size-mb", type=float, default=DEFAULT_SHARD_SIZE_MB)
+    parser.add_argument("--min-shards", type=int, default=DEFAULT_MIN_SHARDS,
+                        help="shards per split at least (>= 2 x ranks x loader workers)")
+    parser.add_argument("--max-quarantine-fraction", type=float,
+                        default=DEFAULT_MAX_QUARANTINE_FRACTION,
+                        help="fail the build when more records than this are quarantined")
+    parser.add_argument("--shared-root", action="store_true",
+                        help="the local dataset root is mounted at the same path on every node")
     args = parser.parse_args(argv)
     try:
         refuse_relative_paths({"--dataset-root": args.dataset_root, "--out": args.out})
@@ -524,14 +680,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    import ray
-    import ray.data
-
-    ensure_ray(log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    options = BuildOptions(args.shard_size_mb, args.min_shards, args.max_quarantine_fraction,
+                           args.shared_root)
     started = time.perf_counter()
-    reports = build_shards(args.dataset_root, args.out, datasets=args.datasets,
-                           splits=args.splits, shard_size_mb=args.shard_size_mb)
+    try:
+        reports = build_shards(args.dataset_root, args.out, datasets=args.datasets,
+                               splits=args.splits, options=options)
+    except BuildError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2 if error.before_start else 1
+    if not reports:
+        print("error: nothing to build: no requested dataset/split has input folders under "
+              f"{args.dataset_root}", file=sys.stderr)
+        return 2
     elapsed = time.perf_counter() - started
     from dataset_builders.published_counts import published_comparison
 
@@ -548,4 +709,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Ray tasks must refer to this module by its import name, not as __main__.
+    from pipelines.build_shards import main as _main
+
+    raise SystemExit(_main())

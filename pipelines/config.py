@@ -42,8 +42,16 @@ class DataConfig:
     train: list[str] = field(default_factory=lambda: ["reason_seg/train"])
     val: list[str] = field(default_factory=lambda: ["reason_seg/val"])
     sample_rates: list[float] = field(default_factory=list)  # one per `train` entry; empty = equal
-    shuffle_buffer: int = 256
     true_premise_prob: float = 0.85  # ReasonSeg FP-QA mixing (upstream class attribute)
+    loader_workers: int = 2  # DataLoader processes per rank preparing batches; 0 = in-process
+    prefetch_batches: int = 2  # batches each loader process prepares ahead
+    open_shards: int = 2  # shards each loader process reads interleaved, per dataset
+    cache_dir: str = ""  # node-local copies of s3:// shards; "" = <tmp>/read-shard-cache
+    cache_max_gb: float = 50.0
+    # A shard whose sha256/size/tar does not match its manifest: "auto" = skip it (within
+    # max_damaged_shard_fraction) when training, fail when evaluating.
+    on_damaged_shard: Literal["auto", "skip", "fail"] = "auto"
+    max_damaged_shard_fraction: float = 0.05
 
 
 @dataclass
@@ -188,6 +196,7 @@ def local_paths(config: JobConfig) -> dict[str, str]:
     model = config.model
     return {
         "data.shards": config.data.shards,
+        "data.cache_dir": config.data.cache_dir,
         "train.storage_path": config.train.storage_path,
         "eval.output": config.eval.output,
         "workflow.workdir": config.workflow.workdir,

@@ -42,8 +42,12 @@ def _data(config: JobConfig, problems: Problems) -> None:
             "one rate per dataset")
     require(all(r >= 0 for r in rates) and (not rates or sum(rates) > 0), "data.sample_rates",
             rates, "must be non-negative with a positive sum")
-    require(data.shuffle_buffer >= 0, "data.shuffle_buffer", data.shuffle_buffer,
-            "must be >= 0 (0 = no shuffling)")
+    require(data.loader_workers >= 0, "data.loader_workers", data.loader_workers,
+            "must be >= 0 (0 = prepare batches in the training process)")
+    _at_least(problems, data, "data", ("prefetch_batches", "open_shards"), 1, "must be >= 1")
+    require(0.0 <= data.max_damaged_shard_fraction <= 1.0, "data.max_damaged_shard_fraction",
+            data.max_damaged_shard_fraction, "must be in [0, 1]")
+    require(data.cache_max_gb > 0, "data.cache_max_gb", data.cache_max_gb, "must be > 0")
     require(0.0 <= data.true_premise_prob <= 1.0, "data.true_premise_prob",
             data.true_premise_prob, "must be in [0, 1]")
 

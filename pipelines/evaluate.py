@@ -1,7 +1,7 @@
 """Score a registered READ model on shard folders with Ray Data; record everything in MLflow.
 
     read-evaluate --model models:/read-tiny@champion \
-        --data artifacts/shards/reason_seg/val artifacts/shards/fprefcoco/val \
+        [--data reason_seg/val fprefcoco/val] [data.shards=artifacts/shards] \
         [--protocol teacher_forced|generate] [--modes segmentation siou points_only_tuned points_only_base_sam] \
         [--config configs/tiny.yaml] [--tag-version] [eval.num_actors=2 ...]
     ray job submit --address http://HEAD:8265 --working-dir . -- python pipelines/evaluate.py ...
@@ -9,8 +9,13 @@
 A pool of model actors (`map_batches` with `concurrency=eval.num_actors`, a GPU share each when
 `eval.use_gpu`) turns each block of samples into per-query counts; the driver sorts them by query
 id and aggregates, so N actors give exactly the single-actor numbers (no padded sampler). The
-run records the model version it scored, the shard content hashes, the metrics, a metrics table
-(CSV / JSON / markdown), per-query predictions (JSONL, masks as COCO RLE) and overlay images.
+data are `<dataset>/<split>` names under `data.shards` (default: `data.val`), as in training;
+each pointer is resolved once and the run records the exact version read. Every shard's sha256
+is checked as it is read: a damaged shard is named and, by default (`data.on_damaged_shard=auto`
+means fail here), fails the run; with `skip` it is left out and counted. The run records the
+model version it scored, the versions and the hashes of the shards it actually consumed, the
+metrics, a metrics table (CSV / JSON / markdown), per-query predictions (JSONL, masks as COCO
+RLE) and overlay images.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from pipelines.evaluation.scoring import (
     table_rows,
     to_markdown,
 )
+from pipelines.integrity import IntegrityReport
 from pipelines.ray_runtime import ensure_ray
 from pipelines.submitted_job import refuse_relative_paths
 from read_model.config import ConfigError
@@ -49,6 +55,7 @@ MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<vers
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # a key=value override, never a path
 MAX_LOGGED_PREDICTIONS_BYTES = 64 * 2**20  # larger JSONL files stay in storage only
 PROGRESS_EVERY = 8  # results between two progress reports
+DAMAGED_SHARD = "damaged_shard"  # payload key of the result row that stands for a damaged shard
 
 
 class EvaluationError(RuntimeError):
@@ -99,6 +106,31 @@ def _overlay_name(uid: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", uid) + ".png"
 
 
+def _damage_result(row: dict[str, Any]) -> QueryResult:
+    from pipelines.ingestion.ray_rows import DAMAGE_COLUMN, SHARD_COLUMN
+
+    result = _error_result(str(row["__key__"]), f"damaged shard: {row[DAMAGE_COLUMN]}")
+    result.payload = {DAMAGED_SHARD: str(row[SHARD_COLUMN]), "reason": str(row[DAMAGE_COLUMN])}
+    return result
+
+
+def _decode_rows(batch: dict[str, np.ndarray]) -> tuple[list[Any], list[QueryResult]]:
+    """(samples, results for rows that are no sample: damaged shards, undecodable records)."""
+    from pipelines.ingestion.ray_rows import decode_row, is_damage
+
+    samples, results = [], []
+    for row in _rows(batch):
+        if is_damage(row):
+            results.append(_damage_result(row))
+            continue
+        try:
+            samples.append(decode_row(row))
+        except Exception as error:  # a damaged record is reported, the job goes on
+            results.append(_error_result(str(row.get("__key__", "?")),
+                                         f"undecodable sample: {error}"))
+    return samples, results
+
+
 class ScoringActor:
     """One model replica: decodes a block of shard rows and scores every query in it."""
 
@@ -123,15 +155,7 @@ class ScoringActor:
         return url
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
-        from pipelines.streaming import decode_row
-
-        samples, results = [], []
-        for row in _rows(batch):
-            key = str(row.get("__key__", "?"))
-            try:
-                samples.append(decode_row(row))
-            except Exception as error:  # a damaged record is reported, the job goes on
-                results.append(_error_result(key, f"undecodable sample: {error}"))
+        samples, results = _decode_rows(batch)
         try:
             results.extend(self.scorer.score(samples))
         except Exception:
@@ -146,14 +170,8 @@ class ScoringActor:
 def _baseline_batch(batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
     """Both trivial baselines for a block of samples; `payload["baseline"]` names the kind."""
     from pipelines.baselines import BASELINES, baseline_results
-    from pipelines.streaming import decode_row
 
-    samples, results = [], []
-    for row in _rows(batch):
-        try:
-            samples.append(decode_row(row))
-        except Exception as error:
-            results.append(_error_result(str(row.get("__key__", "?")), str(error)))
+    samples, results = _decode_rows(batch)
     for kind in BASELINES:
         for result in baseline_results(samples, kind):
             result.payload = {"baseline": kind}
@@ -161,15 +179,51 @@ def _baseline_batch(batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
     return _columns(results)
 
 
-def _collect(dataset: Any, total: int, note: str) -> list[QueryResult]:
-    """Every result row; the count goes to the workflow's progress bar when there is one."""
-    results = []
+def _collect(dataset: Any, shard_sets: Sequence[Any], policy: str, total: int, note: str
+             ) -> tuple[list[QueryResult], IntegrityReport]:
+    """Every result row, and the integrity of what was read. With the `fail` policy the first
+    damaged shard stops the job at once (the Ray Data execution is dropped with the iterator).
+    The count goes to the workflow's progress bar when there is one."""
+    report = IntegrityReport()
+    results: list[QueryResult] = []
     for row in dataset.iter_rows():
-        results.append(QueryResult.from_row(row))
+        result = QueryResult.from_row(row)
+        if DAMAGED_SHARD in result.payload:
+            report.shard_damaged(result.payload[DAMAGED_SHARD], result.payload["reason"])
+            if policy == "fail":
+                break
+            continue
+        if result.error.startswith("undecodable sample"):
+            report.sample_skipped(result.error)
+        results.append(result)
         if len(results) % PROGRESS_EVERY == 0:
             progress.report(len(results), total=total, unit="queries", note=note)
     progress.report(len(results), total=total, unit="queries", note=note)
-    return results
+    for shard_set in shard_sets:
+        for entry in shard_set.manifest.shards:
+            url = shard_set.shard_url(entry.name)
+            if url not in report.damaged:
+                report.shard_consumed(url, entry.sha256)
+    if report.damaged and policy == "fail":
+        report.consumed = {}  # the job stopped early: what was read is not a complete record
+    return results, report
+
+
+def _log_integrity(client: Any, run_id: str, report: IntegrityReport) -> None:
+    client.log_dict(run_id, report.to_dict(), "data_integrity.json")
+    client.set_tag(run_id, "data.consumed_hash", report.consumed_hash or "-")
+    for key, value in report.metrics("data.").items():
+        client.log_metric(run_id, key, value)
+
+
+def shard_sets_for(config: JobConfig, names: Sequence[str]) -> list[Any]:
+    """Resolve `<dataset>/<split>` names (default `data.val`) under `data.shards`, once."""
+    from pipelines.shard_sets import resolve
+
+    sets = [resolve(config.data.shards, name) for name in (names or config.data.val)]
+    for shard_set in sets:
+        shard_set.check_files()
+    return sets
 
 
 # ---------------------------------------------------------------------------- driver
@@ -208,7 +262,8 @@ def evaluate(
     from mlflow.tracking import MlflowClient
 
     from pipelines.champion import record_version_metrics
-    from pipelines.streaming import ShardSource, ray_dataset
+    from pipelines.ingestion.ray_rows import ray_dataset
+    from pipelines.integrity import apply_policy, resolve_policy
     from pipelines.tracking import ensure_experiment, resolve_tracking_uri
 
     settings = config.eval
@@ -218,9 +273,11 @@ def evaluate(
                "reason_seg_queries": settings.reason_seg_queries,
                "base_sam_checkpoint": settings.base_sam_checkpoint}
     config.validate()  # also for callers that built `config` themselves
-    if not data:
-        raise EvaluationError("no --data shard folders given")
-    sources = [ShardSource(url) for url in data]
+    from pipelines.evaluation.query_scoring import ScoringOptions
+
+    ScoringOptions(**options)  # validate protocol / modes before anything starts
+    policy = resolve_policy(config.data.on_damaged_shard, "evaluate")
+    sources = shard_sets_for(config, data)
     plan = None
     if settings.refer_prompts == "drawn":  # the whole split's draws, in upstream's order
         from pipelines.evaluation.prompt_plan import build_prompt_plan
@@ -246,12 +303,14 @@ def evaluate(
                   "eval.refer_prompts": settings.refer_prompts,
                   **(plan.params() if plan else {})}
         for source in sources:
-            params[f"data.{source.dataset}/{source.split}.content_hash"] = source.content_hash
+            for key, value in source.describe().items():
+                if key != "url":
+                    params[f"data.{source.name}.{key}"] = value
         for key, value in params.items():
             client.log_param(run_id, key.replace("+", "plus"), str(value))
         base = settings.output if storage.is_s3(settings.output) else str(Path(settings.output).resolve())
         output = storage.join(base, run_id)  # absolute: actors run in other directories
-        total_queries = sum(int(s.manifest.get("num_queries", 0)) for s in sources)
+        total_queries = sum(s.manifest.num_queries for s in sources)
         options["overlay_fraction"] = min(1.0, 2.0 * settings.num_overlays / max(total_queries, 1))
 
         ensure_ray()
@@ -274,8 +333,13 @@ def evaluate(
         )
         progress.report(0, total=total_queries, unit="queries",
                         note=f"starting {settings.num_actors} model replica(s)")
-        results = _collect(scored, total_queries, "scoring the model")
+        results, integrity = _collect(scored, sources, policy, total_queries, "scoring the model")
+        _log_integrity(client, run_id, integrity)
+        apply_policy(integrity, policy, total_shards=sum(len(s.manifest.shards) for s in sources))
         summary = _record(client, run_id, name, version, results, output, settings.num_overlays)
+        summary["data"] = {"versions": {s.name: s.version for s in sources},
+                           "consumed_hash": integrity.consumed_hash,
+                           "damaged_shards": dict(integrity.damaged)}
         if with_baselines:
             summary["baselines"] = _baselines(client, run_id, sources, settings.batch_size,
                                               total_queries)
@@ -293,11 +357,11 @@ def _baselines(client: Any, run_id: str, sources: list[Any], batch_size: int,
                total_queries: int) -> dict[str, Any]:
     """Score the empty-mask and whole-image baselines on the same shards; log them to the run."""
     from pipelines.baselines import BASELINES
-    from pipelines.streaming import ray_dataset
+    from pipelines.ingestion.ray_rows import ray_dataset
 
-    rows = _collect(ray_dataset(sources).map_batches(
+    rows, _ = _collect(ray_dataset(sources).map_batches(
         _baseline_batch, batch_format="numpy", batch_size=batch_size, num_cpus=0.5),
-        len(BASELINES) * total_queries, "trivial baselines")
+        sources, "skip", len(BASELINES) * total_queries, "trivial baselines")
     out = {}
     for kind in BASELINES:
         table = score_results(r for r in rows if r.payload.get("baseline") == kind)
@@ -362,7 +426,8 @@ def refuse_model_overrides(overrides: Sequence[str]) -> None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="models:/<name>@<alias> or models:/<name>/<N>")
-    parser.add_argument("--data", nargs="+", required=True, help="shard folders (<root>/<dataset>/<split>)")
+    parser.add_argument("--data", nargs="+", default=[],
+                        help="<dataset>/<split> names under data.shards (default: data.val)")
     parser.add_argument("--protocol", choices=("teacher_forced", "generate"))
     parser.add_argument("--modes", nargs="+", help="segmentation siou points_only_tuned points_only_base_sam")
     parser.add_argument("--config", help="YAML preset (default: built-in defaults)")
@@ -396,13 +461,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """Exit code 2 with a one-line message when the job cannot start."""
-    from pipelines.streaming import StreamError
+    from pipelines.integrity import DamagedShardError
+    from pipelines.shard_sets import ShardSetError
 
     try:
         main(argv)
-    except (ConfigError, EvaluationError, StreamError, storage.StorageError) as error:
+    except (ConfigError, EvaluationError, ShardSetError, storage.StorageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except DamagedShardError as error:
+        print(f"error: evaluation stopped: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,5 +1,7 @@
 """Canonical `Sample` <-> WebDataset members (shard schema version 1, docs/architecture.md §2).
 
+The manifest that lists the shards is `pipelines/manifest.py`.
+
 One WebDataset sample per canonical sample, key = `Sample.key`:
 `<key>.jpg` the original image bytes (never re-encoded), `<key>.json` the metadata and queries,
 `<key>.masks.png` every target mask stacked vertically into one lossless 8-bit PNG [T*H, W].
@@ -9,7 +11,6 @@ is refused with a reason instead of producing a wrong sample.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import re
@@ -23,7 +24,6 @@ import numpy as np
 from dataset_builders.sample import MASK_BACKGROUND, MASK_IGNORE, MASK_OBJECT, Query, Sample, Target
 
 SCHEMA_VERSION = 1
-MANIFEST_NAME = "manifest.json"
 SHARD_PATTERN = re.compile(r"^shard-\d{6}\.tar$")
 IMAGE_MEMBER = "jpg"
 META_MEMBER = "json"
@@ -170,11 +170,6 @@ def tar_bytes(samples: list[dict[str, Any]]) -> bytes:
 
 def shard_name(index: int) -> str:
     return f"shard-{index:06d}.tar"
-
-
-def content_hash(shard_sha256s: list[str]) -> str:
-    """The manifest hash: sha256 over the sorted shard sha256s (what MLflow runs record)."""
-    return hashlib.sha256("\n".join(sorted(shard_sha256s)).encode("ascii")).hexdigest()
 
 
 def _query_fields(raw: dict[str, Any]) -> dict[str, Any]:

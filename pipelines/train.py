@@ -23,6 +23,7 @@ from typing import Any
 from pipelines import storage
 from pipelines.config import JobConfig, check_job_paths, job_config_dict, load_job_config
 from pipelines.ray_runtime import ensure_ray, worker_environment
+from pipelines.shard_sets import ShardSet
 from pipelines.tracking import (
     finish_run,
     git_commit,
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tracking_uri = resolve_tracking_uri(config.mlflow)
     shard_sets = preflight.check_job(config, tracking_uri)
     if args.check_only:
-        summary = {"checked": True, "shards": {s.entry: s.content_hash for s in shard_sets}}
+        summary = {"checked": True, "shards": {s.name: s.describe() for s in shard_sets}}
         print(json.dumps(summary), flush=True)
         return summary
     import ray
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     preflight.check_cluster_gpus(config, ray.cluster_resources())
     run_id = _open_mlflow_run(config, tracking_uri, shard_sets, args.parent_run_id)
     try:
-        result = _fit(config, tracking_uri, run_id)
+        result = _fit(config, tracking_uri, run_id, shard_sets)
         summary = _finish(config, tracking_uri, run_id, result, register=not args.no_register)
     except BaseException:
         finish_run(tracking_uri, run_id, status="FAILED")
@@ -82,19 +83,19 @@ def storage_path(config: JobConfig) -> str:
 
 
 def _open_mlflow_run(config: JobConfig, tracking_uri: str,
-                     shard_sets: list[preflight.ShardSet], parent_run_id: str | None) -> str:
+                     shard_sets: list[ShardSet], parent_run_id: str | None) -> str:
     tags = {"git_commit": git_commit(), "ray_run_name": config.train.run_name,
             "storage_path": storage_path(config)}
-    for shard_set in shard_sets:
-        tags[f"shards.{shard_set.entry}.content_hash"] = shard_set.content_hash
-        tags[f"shards.{shard_set.entry}.num_samples"] = str(shard_set.num_samples)
+    for shard_set in shard_sets:  # the exact versions this run reads (resolved once)
+        for key, value in shard_set.describe().items():
+            tags[f"shards.{shard_set.name}.{key}"] = str(value)
     run_key = f"{storage_path(config)}/{config.train.run_name}"
     return start_or_resume_run(tracking_uri, config.mlflow.experiment, run_key,
                                config.train.run_name, flatten(job_config_dict(config)), tags,
                                parent_run_id)
 
 
-def _fit(config: JobConfig, tracking_uri: str, run_id: str) -> Any:
+def _fit(config: JobConfig, tracking_uri: str, run_id: str, shard_sets: list[ShardSet]) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train import ScalingConfig as RayScalingConfig  # ours is pipelines.config's
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -114,6 +115,7 @@ def _fit(config: JobConfig, tracking_uri: str, run_id: str) -> Any:
             "job": job_config_dict(config),
             "mlflow": {"tracking_uri": tracking_uri, "run_id": run_id},
             "env": worker_environment(),
+            "shards": {s.name: s.url for s in shard_sets},  # the pinned versions
         },
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         scaling_config=RayScalingConfig(
@@ -146,15 +148,33 @@ def _finish(config: JobConfig, tracking_uri: str, run_id: str, result: Any,
         "metrics": {k: v for k, v in (result.metrics or {}).items()
                     if isinstance(v, int | float)},
     }
-    if register:
-        with tempfile.TemporaryDirectory(prefix="read-final-") as local:
-            result.checkpoint.to_directory(local)
+    with tempfile.TemporaryDirectory(prefix="read-final-") as local:
+        result.checkpoint.to_directory(local)
+        summary["data"] = _log_data_integrity(tracking_uri, run_id, local)
+        if register:
             version = log_and_register(
                 Path(local) / EXPORT_DIR, config.mlflow.registered_model, run_id,
                 tracking_uri=tracking_uri, tags={"git_commit": git_commit()},
             )
-        summary.update(registered_model=config.mlflow.registered_model, version=version)
+            summary.update(registered_model=config.mlflow.registered_model, version=version)
     return summary
+
+
+def _log_data_integrity(tracking_uri: str, run_id: str, checkpoint_dir: str) -> dict[str, Any]:
+    """Record the shards the run actually consumed (verified hashes) and what it skipped."""
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.ingestion.loader import load_reports
+
+    report = load_reports(checkpoint_dir)
+    client = MlflowClient(tracking_uri)
+    client.log_dict(run_id, report.to_dict(), "data_integrity.json")
+    client.set_tag(run_id, "data.consumed_hash", report.consumed_hash)
+    for key, value in report.metrics("data/total_").items():
+        client.log_metric(run_id, key, value)
+    if report.damaged:
+        logger.warning("training skipped damaged shards: %s", report.summary())
+    return {"consumed_hash": report.consumed_hash, **report.metrics("")}
 
 
 def _checkpoint_url(checkpoint: Any) -> str:

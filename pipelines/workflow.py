@@ -133,14 +133,14 @@ def _steps(runner: StepRunner, config: JobConfig, config_path: Path, pinned: lis
     built = runner.run(
         "build_shards", steps.build,
         {"dataset_root": dataset_root, "shards": shards, "folders": folders,
-         "source_stamp": source_stamp},
+         "source_stamp": source_stamp,
+         "min_shards": 2 * config.scaling.num_workers * max(1, config.data.loader_workers)},
         still_valid=steps.shards_unchanged,
         always=user_data,  # user folders may change in place; build_shards skips what is current
         progress=(len(folders), "shard folders"),
         describe=lambda out: f"{len(out['content_hashes'])} shard folders",
     )
     data_hashes = built["content_hashes"]
-    eval_data = [storage.join(shards, name) for name in eval_names]
 
     modes = list(settings.ablation_modes) if ablation else [config.model.prompt_mode]
     trained: dict[str, dict[str, Any]] = {}
@@ -161,7 +161,7 @@ def _steps(runner: StepRunner, config: JobConfig, config_path: Path, pinned: lis
         evaluated[mode] = runner.run(
             f"evaluate[{mode}]", steps.evaluate_version,
             {"config_path": str(config_path), "overrides": train_overrides,
-             "model_uri": model_uri, "data": eval_data, "tracking_uri": tracking_uri},
+             "model_uri": model_uri, "data": eval_names, "tracking_uri": tracking_uri},
             context={**context, "data": data_hashes},
             runtime={"parent_run_id": parent},
             describe=_evaluation_note,

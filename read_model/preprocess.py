@@ -60,20 +60,20 @@ def clip_preprocess(
     std: Sequence[float] = CLIP_STD,
 ) -> torch.Tensor:
     """[B, 3, size, size] float32: shortest edge to `size` (bicubic), center crop, /255, normalise."""
-    crops = []
+    batch = torch.empty(len(images), 3, size, size)
+    mean_t, std_t = _channel_vector(mean), _channel_vector(std)
     for index, image in enumerate(images):
         check_rgb_image(image, index)
         height, width = image.shape[:2]
         new_h, new_w = shortest_edge_size(height, width, size)
-        resized = np.asarray(
-            Image.fromarray(image).resize((new_w, new_h), resample=Image.Resampling.BICUBIC)
-        )
+        resized = Image.fromarray(image).resize((new_w, new_h), resample=Image.Resampling.BICUBIC)
         top, left = center_crop_box(new_h, new_w, size)
-        crops.append(resized[top : top + size, left : left + size])
-    if not crops:
-        return torch.empty(0, 3, size, size)
-    batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).to(torch.float32) / 255.0
-    return _normalise(batch, mean, std)
+        pixels = np.array(resized.crop((left, top, left + size, top + size)))
+        crop = torch.from_numpy(pixels).permute(2, 0, 1)
+        target = batch[index]
+        target.copy_(crop)  # uint8 -> float32 and HWC -> CHW in one pass
+        target.div_(255.0).sub_(mean_t).div_(std_t)  # in place: the same float32 operations
+    return batch
 
 
 def sam_preprocess(
@@ -86,11 +86,18 @@ def sam_preprocess(
     normalised on 0-255 values, zero-padded bottom/right."""
     transform = ResizeLongestSide(size)
     batch = torch.zeros(len(images), 3, size, size)
+    mean_t, std_t = _channel_vector(mean), _channel_vector(std)
     resized_sizes: list[tuple[int, int]] = []
     for index, image in enumerate(images):
         check_rgb_image(image, index)
-        resized = torch.from_numpy(transform.apply_image(image)).permute(2, 0, 1).to(torch.float32)
+        resized = torch.from_numpy(transform.apply_image(image)).permute(2, 0, 1)
         new_h, new_w = resized.shape[1:]
-        batch[index, :, :new_h, :new_w] = _normalise(resized[None], mean, std)[0]
+        target = batch[index, :, :new_h, :new_w]
+        target.copy_(resized)  # uint8 -> float32 in place, no temporaries of the full frame
+        target.sub_(mean_t).div_(std_t)
         resized_sizes.append((int(new_h), int(new_w)))
     return batch, resized_sizes
+
+
+def _channel_vector(values: Sequence[float]) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32).view(3, 1, 1)

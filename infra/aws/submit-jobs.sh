@@ -34,7 +34,7 @@ ray job submit --working-dir . -- \
 ray job submit --working-dir . -- \
   python pipelines/evaluate.py --model models:/read-7b@candidate \
   --protocol generate --config configs/read-7b.yaml \
-  --data "${shards}/reason_seg/val" "${shards}/refcoco/val"
+  --data reason_seg/val refcoco/val "data.shards=${shards}"
 
 # 4. Promotion: `champion` moves to the candidate only if it beats the champion's metric.
 ray job submit --working-dir . -- \

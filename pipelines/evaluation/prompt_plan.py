@@ -19,7 +19,8 @@ from dataset_builders.refer import UPSTREAM_ORDER_KEY
 from dataset_builders.sample import Query
 from pipelines.examples import REASON_DATASETS, query_uid
 from pipelines.shard_format import META_MEMBER
-from pipelines.streaming import ShardSource, StreamStats, iter_shard_records
+from pipelines.shard_reader import DamagedShard, read_shard
+from pipelines.shard_sets import ShardSet
 from read_model.config import ConfigError
 from read_model.template_draws import ReferQuery, TemplateSet, draw_refer_prompts, template_set
 
@@ -67,11 +68,17 @@ def sample_queries(record: dict[str, Any]) -> SampleQueries:
                          None if order is None else int(order), queries)
 
 
-def read_split_queries(source: ShardSource) -> list[SampleQueries]:
-    """Every sample's query metadata in one shard folder (damaged samples are skipped, logged)."""
-    stats = StreamStats()
-    return [sample_queries(record) for shard in source.shards
-            for record in iter_shard_records(shard, stats)]
+def read_split_queries(source: ShardSet) -> list[SampleQueries]:
+    """Every sample's query metadata in one shard set, read verified. A damaged shard adds no
+    queries here; the scoring pass reads it again and applies `data.on_damaged_shard`."""
+    samples = []
+    for entry in source.manifest.shards:
+        try:
+            records = read_shard(source.shard_url(entry.name), entry)
+        except DamagedShard:
+            continue
+        samples += [sample_queries(record) for record in records]
+    return samples
 
 
 def draw_prompts(samples: Iterable[SampleQueries], templates: TemplateSet,
@@ -99,7 +106,7 @@ def draw_prompts(samples: Iterable[SampleQueries], templates: TemplateSet,
     return prompts
 
 
-def build_prompt_plan(sources: Sequence[ShardSource], templates: str, seed: int) -> PromptPlan:
+def build_prompt_plan(sources: Sequence[ShardSet], templates: str, seed: int) -> PromptPlan:
     """The plan for every REFER-format split among `sources` (ReasonSeg splits are not read)."""
     chosen = template_set(templates)
     samples = [s for source in sources if source.dataset not in REASON_DATASETS

@@ -1,71 +1,79 @@
-"""Each worker's share of the training and validation shards, as model-side examples.
+"""Each worker's training batches and validation share, on the shard versions the driver pinned.
 
-Training reads a `MixedStream` (datasets mixed by `data.sample_rates`, split by rank) whose
-`state()` is the data position stored in checkpoints. Validation reads every val sample once,
-split by rank, with fixed templates.
+The driver resolves every `<dataset>/<split>` of `data.train` and `data.val` once
+(`pipelines/shard_sets.py`) and hands the workers the version folders (`pinned_urls`), so every
+rank, every restart and every resumed run reads the same bytes, whatever a rebuild does to the
+pointers meanwhile. Training batches come from `pipelines/ingestion/loader.py` (prepared in
+DataLoader worker processes, resumable under any world size); validation reads every val sample
+once, split by rank, with fixed templates.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pipelines.config import JobConfig
-from pipelines.examples import evaluation_example, training_example
-from pipelines.streaming import MixedStream, iter_samples, open_sources
-from read_model.batch import ReadExample
+from pipelines.examples import evaluation_example
+from pipelines.ingestion.loader import LoaderOptions, TrainBatches, pinned_shard_sets
+from pipelines.ingestion.loader import restore as restore_data
+from pipelines.ingestion.sequential import rank_samples
+from pipelines.integrity import IntegrityReport, resolve_policy
+from pipelines.shard_sets import ShardSet, open_version, resolve
+from read_model.batch import ReadExample, collate_train
+
+__all__ = ["loader_options", "open_pinned", "pinned_urls", "restore_data", "train_batches",
+           "validation_batches"]
 
 
-class TrainExamples:
-    """Endless training examples for one rank; `state()` / `state=` resume it exactly."""
-
-    def __init__(self, config: JobConfig, *, rank: int, world_size: int,
-                 state: dict[str, Any] | None = None) -> None:
-        sources = open_sources(config.data.shards, config.data.train)
-        rates = config.data.sample_rates or [1.0] * len(sources)
-        self._config = config
-        self._stream = MixedStream(
-            list(zip(sources, rates, strict=True)),
-            seed=config.train.seed,
-            rank=rank,
-            world_size=world_size,
-            shuffle_buffer=config.data.shuffle_buffer,
-            state=state,
-        )
-
-    def state(self) -> dict[str, Any]:
-        return self._stream.state()
-
-    def next_batch(self, size: int) -> list[ReadExample]:
-        """`size` examples; samples without a usable query are skipped (and counted)."""
-        examples: list[ReadExample] = []
-        model_cfg = self._config.model
-        while len(examples) < size:
-            epoch = max((s["epoch"] for s in self._stream.state()["streams"]), default=0)
-            sample = next(self._stream)
-            example = training_example(
-                sample,
-                num_per_sample=model_cfg.num_classes_per_sample,
-                seed=self._config.train.seed,
-                epoch=epoch,
-                true_premise_prob=self._config.data.true_premise_prob,
-            )
-            if example is not None:
-                examples.append(example)
-        return examples
-
-    @property
-    def skipped_samples(self) -> int:
-        return self._stream.stats.skipped_samples
+def pinned_urls(shard_sets: Sequence[ShardSet]) -> dict[str, str]:
+    """{name: version folder} as the driver passes it to the workers."""
+    return {s.name: s.url for s in shard_sets}
 
 
-def validation_batches(config: JobConfig, *, rank: int, world_size: int,
-                       batch_size: int) -> Iterator[list[ReadExample]]:
-    """This rank's share of every val set, once, in fixed order."""
-    sources = open_sources(config.data.shards, config.data.val)
+def open_pinned(config: JobConfig, names: Sequence[str],
+                pinned: dict[str, str] | None) -> list[ShardSet]:
+    """The pinned versions of `names`; resolved here only when no pin was given."""
+    pinned = pinned or {}
+    return [open_version(pinned[n], name=n) if n in pinned else resolve(config.data.shards, n)
+            for n in names]
+
+
+def loader_options(config: JobConfig) -> LoaderOptions:
+    data = config.data
+    rates = data.sample_rates or [1.0] * len(data.train)
+    return LoaderOptions(
+        batch_size=config.train.batch_size, seed=config.train.seed,
+        rates=tuple(float(r) for r in rates),
+        num_per_sample=config.model.num_classes_per_sample,
+        true_premise_prob=data.true_premise_prob, loader_workers=data.loader_workers,
+        prefetch_batches=data.prefetch_batches, open_units=data.open_shards,
+        cache_dir=data.cache_dir, cache_max_bytes=int(data.cache_max_gb * 2**30),
+        policy=resolve_policy(data.on_damaged_shard, "train"),
+        max_damaged_fraction=data.max_damaged_shard_fraction)
+
+
+def train_batches(config: JobConfig, shard_sets: Sequence[ShardSet], *, rank: int,
+                  world_size: int, tokenizer: Any, num_image_tokens: int,
+                  restored: Sequence[dict[str, Any]] | None = None,
+                  prior_report: IntegrityReport | None = None) -> TrainBatches:
+    """Collated `ReadBatch`es for one rank, continuing from `restored` when given."""
+    collate = functools.partial(collate_train, tokenizer=tokenizer, config=config.model,
+                                num_image_tokens=num_image_tokens)
+    return TrainBatches(pinned_shard_sets(shard_sets, restored), loader_options(config),
+                        rank=rank, world_size=world_size, collate=collate, restored=restored,
+                        prior_report=prior_report)
+
+
+def validation_batches(config: JobConfig, shard_sets: Sequence[ShardSet], *, rank: int,
+                       world_size: int, batch_size: int,
+                       report: IntegrityReport | None = None) -> Iterator[list[ReadExample]]:
+    """This rank's share of every val set, once, in fixed order (S3 shards via the node cache)."""
     batch: list[ReadExample] = []
-    for sample in iter_samples(sources, epoch=0, seed=config.train.seed, rank=rank,
-                               world_size=world_size, shuffle=False):
+    cache = loader_options(config).cache()
+    for sample in rank_samples(shard_sets, rank=rank, world_size=world_size, report=report,
+                               cache=cache):
         example = evaluation_example(sample)
         if example is None:
             continue

@@ -27,7 +27,7 @@ import torch
 from pipelines.config import JobConfig
 from pipelines.tracking import RankZeroLogger
 from pipelines.training.checkpointing import RankProgress, load_training_state, save_training_state
-from pipelines.training.data import TrainExamples, validation_batches
+from pipelines.training.data import open_pinned, restore_data, train_batches, validation_batches
 from pipelines.training.optim import build_optimizer, build_scheduler
 from pipelines.training.validation import merge_across_ranks, score_batches, summary
 from read_model.config import from_dict
@@ -39,12 +39,12 @@ LOSS_KEYS = ("ce", "bce", "dice", "total")
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train entry point; `loop_config` = {"job": config dict, "mlflow": {...}, "env": {...}}.
+    """Ray Train entry point; `loop_config` = {"job": config dict, "mlflow": {...}, "env": {...},
+    "shards": {name: version folder}}.
 
     `env` carries the driver's storage/tracking variables: workers of a cluster started earlier
-    do not inherit them.
+    do not inherit them; `shards` the data versions the driver resolved once.
     """
-    from read_model.batch import collate_train
     from read_model.model import build_model
 
     os.environ.update(loop_config.get("env", {}))
@@ -61,6 +61,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     optimizer = build_optimizer(model.parameters(), config.train)
     scheduler = build_scheduler(optimizer, config.train)
     progress = RankProgress(world_size=world_size)
+    data_states, data_report = None, None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -68,6 +69,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 directory, rank=rank, world_size=world_size,
                 model=model, optimizer=optimizer, scheduler=scheduler,
             )
+            data_states, data_report = restore_data(directory, rank)
         logger.info("rank %d resumed at step %d", rank, progress.step)
     wrapped = ray.train.torch.prepare_model(
         model,
@@ -75,12 +77,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         parallel_strategy_kwargs=_strategy_kwargs(config),
     )
     _move_optimizer_state(optimizer, device)
-    examples = TrainExamples(config, rank=rank, world_size=world_size,
-                             state=progress.extra.get("stream"))
+    pinned = loop_config.get("shards")
+    val_sets = open_pinned(config, config.data.val, pinned)
+    batches = train_batches(config, open_pinned(config, config.data.train, pinned), rank=rank,
+                            world_size=world_size, tokenizer=tokenizer,
+                            num_image_tokens=model.num_image_tokens,
+                            restored=data_states or None, prior_report=data_report)
     tracker = RankZeroLogger(loop_config["mlflow"]["tracking_uri"], loop_config["mlflow"]["run_id"],
                              rank, system_metrics=loop_config["mlflow"].get("system_metrics", True))
     resumed_from = progress.step
-    num_image_tokens = model.num_image_tokens
     settings = config.train
 
     with tracker.system_metrics():
@@ -91,9 +96,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             losses = {key: 0.0 for key in LOSS_KEYS}
             wrapped.train()
             for micro in range(settings.grad_accumulation_steps):
-                batch = collate_train(examples.next_batch(settings.batch_size), tokenizer,
-                                      config.model, num_image_tokens)
-                batch = batch.to(device)
+                batch = next(batches).to(device)  # collated in the loader processes
                 last = micro == settings.grad_accumulation_steps - 1
                 sync = contextlib.nullcontext() if last or world_size == 1 else _no_sync(wrapped)
                 with sync, _autocast(config, device):
@@ -120,26 +123,28 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 "train/samples_per_s": step_samples / elapsed,
                 "train/memory_gib": _memory_gib(device),
                 "progress/resumed_from": float(resumed_from),
-                "progress/skipped_samples": float(examples.skipped_samples),
+                **batches.metrics(),
             })
             if step % settings.validate_every == 0 or step == settings.max_steps:
-                metrics.update(validate(wrapped, model, config, tokenizer, device, rank, world_size))
+                metrics.update(validate(wrapped, model, config, val_sets, tokenizer, device, rank,
+                                        world_size))
             if step % settings.log_every == 0 or step == settings.max_steps or step == resumed_from + 1:
                 tracker.log(metrics, step)
             else:
                 tracker.log({"progress/resumed_from": float(resumed_from)}, step)
             if step % settings.checkpoint_every == 0 or step == settings.max_steps:
-                state = RankProgress(step=step, samples_seen=samples_seen, world_size=world_size,
-                                     extra={"stream": examples.state()})
+                state = RankProgress(step=step, samples_seen=samples_seen, world_size=world_size)
                 _report_checkpoint(config, model, optimizer, scheduler, state, rank, metrics,
-                                   final=step == settings.max_steps)
+                                   batches, final=step == settings.max_steps)
+    batches.close()
 
 
-def validate(wrapped: torch.nn.Module, model: Any, config: JobConfig, tokenizer: Any,
-             device: torch.device, rank: int, world_size: int) -> dict[str, float]:
+def validate(wrapped: torch.nn.Module, model: Any, config: JobConfig, val_sets: Any,
+             tokenizer: Any, device: torch.device, rank: int,
+             world_size: int) -> dict[str, float]:
     """Teacher-forced gIoU / cIoU (and the trivial baselines) on every val sample, all ranks."""
     wrapped.eval()
-    batches = validation_batches(config, rank=rank, world_size=world_size,
+    batches = validation_batches(config, val_sets, rank=rank, world_size=world_size,
                                  batch_size=config.eval.batch_size)
     meters = score_batches(model, batches, tokenizer=tokenizer, model_config=config.model,
                            device=device, autocast=_autocast(config, device))
@@ -149,10 +154,11 @@ def validate(wrapped: torch.nn.Module, model: Any, config: JobConfig, tokenizer:
 
 def _report_checkpoint(config: JobConfig, model: Any, optimizer: torch.optim.Optimizer,
                        scheduler: Any, state: RankProgress, rank: int,
-                       metrics: dict[str, float], *, final: bool) -> None:
+                       metrics: dict[str, float], batches: Any, *, final: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="read-ckpt-") as directory:
         save_training_state(directory, rank=rank, model=model, optimizer=optimizer,
                             scheduler=scheduler, progress=state)
+        batches.save(directory, rank)  # the data position: consumed batches only
         if final and rank == 0:
             from read_model.checkpoint import save_trainable
 

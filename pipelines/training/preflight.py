@@ -7,58 +7,43 @@ list samples), the MLflow tracking server, and whether the cluster has the GPUs 
 
 from __future__ import annotations
 
-import json
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines import storage
 from pipelines.config import JobConfig
-from pipelines.shard_format import MANIFEST_NAME
+from pipelines.shard_sets import ShardSet, ShardSetError, resolve
 
 
 class PreflightError(RuntimeError):
     """The job cannot start; the message says what to fix."""
 
 
-@dataclass(frozen=True)
-class ShardSet:
-    """One `<dataset>/<split>` folder the job reads, with its manifest's content hash."""
-
-    entry: str
-    url: str
-    num_samples: int
-    content_hash: str
-
-
 def check_job(config: JobConfig, tracking_uri: str) -> list[ShardSet]:
-    """Everything that can be checked without Ray; returns the shard sets with their hashes."""
+    """Everything that can be checked without Ray; returns the resolved shard sets.
+
+    Each `<dataset>/<split>` pointer is resolved here, once: the versions returned are the
+    ones the whole run reads (the driver passes them to the workers).
+    """
     _check_storage(config.train.storage_path, "train.storage_path")
-    shard_sets = [shard_set(config.data.shards, entry) for entry in config.data.train]
-    shard_sets += [shard_set(config.data.shards, entry) for entry in config.data.val]
+    _check_storage(config.data.shards, "data.shards")
+    names = list(dict.fromkeys([*config.data.train, *config.data.val]))
+    sets = [shard_set(config.data.shards, name) for name in names]
     check_tracking(tracking_uri)
-    return shard_sets
+    return sets
 
 
-def shard_set(shards_root: str, entry: str) -> ShardSet:
-    """Read `<root>/<entry>/manifest.json`; refuse a missing or empty shard folder."""
-    url = storage.join(shards_root, entry)
-    _check_storage(shards_root, "data.shards")
-    manifest_url = storage.join(url, MANIFEST_NAME)
-    if not storage.exists(manifest_url):
-        raise PreflightError(
-            f"no shards at {url} ({MANIFEST_NAME} missing); build them first with "
-            f"`read-build-shards` or fix data.shards / data.train / data.val"
-        )
+def shard_set(shards_root: str, name: str) -> ShardSet:
+    """Resolve `<root>/<name>`; refuse a missing, empty or incomplete shard set."""
     try:
-        manifest = json.loads(storage.read_bytes(manifest_url))
-    except (ValueError, OSError) as error:
-        raise PreflightError(f"{manifest_url} is not a readable manifest: {error}") from error
-    count = int(manifest.get("num_samples", 0))
-    if count <= 0:
-        raise PreflightError(f"{manifest_url} lists no samples; nothing to read from {url}")
-    return ShardSet(entry, url, count, str(manifest.get("content_hash", "")))
+        resolved = resolve(shards_root, name)
+        resolved.check_files()
+    except ShardSetError as error:
+        raise PreflightError(str(error)) from error
+    if resolved.manifest.num_samples <= 0:
+        raise PreflightError(f"{resolved.url} lists no samples; nothing to read for {name}")
+    return resolved
 
 
 def check_tracking(tracking_uri: str, timeout_s: float = 5.0) -> None:

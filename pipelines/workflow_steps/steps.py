@@ -11,9 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipelines import progress, storage
+from pipelines import progress
 
-MANIFEST_NAME = "manifest.json"
 BASELINE_KEYS = ("giou", "ciou", "true_premise_count")  # pooled, as the workflow's table shows
 
 
@@ -25,44 +24,37 @@ def generate_synthetic(out: str, seed: int, images: int) -> dict[str, Any]:
     return {"dataset_root": out, "summary": json.loads(json.dumps(summary, default=str))}
 
 
-def build(dataset_root: str, shards: str, folders: list[str], source_stamp: str) -> dict[str, Any]:
-    """Shard every `<dataset>/<split>` in `folders`; -> their content hashes.
+def build(dataset_root: str, shards: str, folders: list[str], source_stamp: str,
+          min_shards: int = 1) -> dict[str, Any]:
+    """Shard every `<dataset>/<split>` in `folders` in one build (published all or nothing);
+    -> their content hashes. `min_shards` follows the loader parts the job will run.
 
     `source_stamp` only feeds the step fingerprint (it changes when the source data does).
     """
-    from pipelines.build_shards import build_shards
+    from pipelines.build_shards import BuildOptions, build_shards
 
-    by_dataset: dict[str, list[str]] = {}
-    for name in folders:
-        dataset, split = name.split("/", 1)
-        by_dataset.setdefault(dataset, []).append(split)
-    done = 0
-    for dataset, splits in sorted(by_dataset.items()):
-        reports = build_shards(dataset_root, shards, datasets=[dataset], splits=sorted(splits))
-        for report in reports:
-            print(f"[build] {report.summary()}", flush=True)
-        done += len(splits)
-        progress.report(done, note=dataset)
+    reports = build_shards(dataset_root, shards, sets=sorted(folders),
+                           options=BuildOptions(min_shards=min_shards))
+    for report in reports:
+        print(f"[build] {report.summary()}", flush=True)
+    progress.report(len(folders))
     return {"shards": shards, "content_hashes": manifest_hashes(shards, folders)}
 
 
 def manifest_hashes(shards: str, folders: list[str]) -> dict[str, str]:
-    """`{"<dataset>/<split>": content_hash}`; a folder without a manifest is an error."""
-    hashes = {}
-    for name in folders:
-        url = storage.join(shards, name, MANIFEST_NAME)
-        if not storage.exists(url):
-            raise FileNotFoundError(f"{url} is missing: the shard folder {name} was not built "
-                                    "(no input data for it?)")
-        hashes[name] = json.loads(storage.read_bytes(url))["content_hash"]
-    return hashes
+    """`{"<dataset>/<split>": content_hash}` of the published versions; an unbuilt set raises."""
+    from pipelines.shard_sets import resolve
+
+    return {name: resolve(shards, name).manifest.content_hash for name in folders}
 
 
 def shards_unchanged(outputs: dict[str, Any]) -> bool:
-    """A cached build is reusable only while every manifest still has the recorded hash."""
+    """A cached build is reusable only while every pointer still names the recorded data."""
+    from pipelines.shard_sets import ShardSetError
+
     try:
         current = manifest_hashes(outputs["shards"], list(outputs["content_hashes"]))
-    except (FileNotFoundError, OSError, KeyError, ValueError):
+    except (ShardSetError, OSError, KeyError, ValueError):
         return False
     return current == outputs["content_hashes"]
 

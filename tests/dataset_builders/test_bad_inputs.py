@@ -211,7 +211,7 @@ def test_refer_bad_records_are_quarantined(pristine: Path, root: Path) -> None:
 
     good, none_quarantined = _split(list(iter_refer(pristine, "refcoco", "train")))
     assert not none_quarantined
-    lost_images = {f"refcoco_train_{i}" for i in single_fault_images}
+    lost_images = {f"refcoco_train_{i:012d}" for i in single_fault_images}
     assert set(samples) == set(good) - lost_images
     bad_refs = {str(r["ref_id"]) for r in (two_points, unknown_ann)}
     for key, sample in samples.items():

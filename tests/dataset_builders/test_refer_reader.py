@@ -56,7 +56,7 @@ def test_reader_matches_an_independent_pycocotools_decode(dataset_root: Path, fl
         for sample in samples:
             info = coco.imgs[int(sample.source["image_id"])]
             assert (sample.width, sample.height) == (info["width"], info["height"])
-            assert sample.key == f"{flavour.name.replace('+', 'plus')}_{split}_{info['id']}"
+            assert sample.key == f"{flavour.name.replace('+', 'plus')}_{split}_{info['id']:012d}"
             for target in sample.targets:
                 ref = refs[int(target.target_id)]
                 seen_refs.add(ref["ref_id"])

@@ -131,9 +131,9 @@ class Cluster:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def start_node(self, label: str, ip: str, resources: dict[str, float], *,
-                   head: bool = False) -> RayNode:
+                   head: bool = False, hide: Path | None = None) -> RayNode:
         for attempt in range(1, NODE_START_ATTEMPTS + 1):
-            node = self._launch(f"{label}{attempt}", ip, resources, head=head)
+            node = self._launch(f"{label}{attempt}", ip, resources, head=head, hide=hide)
             try:
                 node.wait_ready()
                 return node
@@ -143,7 +143,8 @@ class Cluster:
                     raise
         raise AssertionError("unreachable")
 
-    def _launch(self, label: str, ip: str, resources: dict[str, float], *, head: bool) -> RayNode:
+    def _launch(self, label: str, ip: str, resources: dict[str, float], *, head: bool,
+                hide: Path | None = None) -> RayNode:
         # Unix socket paths must stay short: a short temp dir directly under /tmp.
         temp_dir = Path(tempfile.mkdtemp(prefix=f"rmn{label}", dir="/tmp"))
         argv = [str(RAY_BIN), "start", "--block", "--node-ip-address", ip,
@@ -161,6 +162,9 @@ class Cluster:
                      "--ray-client-server-port", str(free_port())]
         else:
             argv += ["--address", self.address]
+        if hide is not None:  # this "host" lacks that disk: an empty folder is mounted over it
+            argv = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                    f'mount -t tmpfs none "{hide}" && exec "$@"', "node", *argv]
         log_path = self.log_dir / f"ray-{label}.log"
         with open(log_path, "wb") as log:
             process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
@@ -177,6 +181,19 @@ class Cluster:
 
 def _env(**extra: str) -> dict[str, str]:
     return {**os.environ, **CLUSTER_ENV, **extra}
+
+
+def _run_status(argv: list[str], env: dict[str, str], timeout: float,
+                log_path: Path) -> tuple[int, str]:
+    """(exit code, output) of a driver run to completion in its own process group."""
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            process.wait(timeout=timeout)
+        finally:
+            _stop_group(process)
+    return process.returncode, log_path.read_text(errors="replace")
 
 
 def _run(argv: list[str], env: dict[str, str], timeout: float, log_path: Path) -> str:
@@ -241,6 +258,9 @@ class NodeLossRun:
     checkpoints_at_kill: set[int]
     resumed_from_history: list[tuple[int, float]]  # (step, value) of progress/resumed_from
     tracking_uri: str
+    build_output: str  # the build from the head's local disk (node b cannot see it)
+    spread_build: tuple[int, str]  # (exit code, output) of the same build with --shared-root
+    shards_url: str
 
 
 @pytest.fixture(scope="module")
@@ -257,10 +277,15 @@ def node_loss_run(s3_server: Any, mlflow_server: str, synthetic_root: Path,
     trainer: subprocess.Popen | None = None
     try:
         cluster.start_node("a", HEAD_IP, {"node_a": 1, "read_trainer": 1}, head=True)
-        second = cluster.start_node("b", SECOND_IP, {"node_b": 1, "read_trainer": 1})
-        _run([sys.executable, "pipelines/build_shards.py", "--dataset-root", str(synthetic_root),
-              "--out", shards, "--datasets", "reason_seg"], driver_env, BUILD_TIMEOUT_S,
-             log_dir / "build_shards.log")
+        # Only the head has the raw data: node b sees an empty folder at its path.
+        second = cluster.start_node("b", SECOND_IP, {"node_b": 1, "read_trainer": 1},
+                                    hide=synthetic_root)
+        build_args = [sys.executable, "pipelines/build_shards.py", "--dataset-root",
+                      str(synthetic_root), "--datasets", "reason_seg", "--min-shards", "4"]
+        spread_build = _run_status([*build_args, "--out", f"{shards}-spread", "--shared-root"],
+                                   driver_env, BUILD_TIMEOUT_S, log_dir / "build_spread.log")
+        build_output = _run([*build_args, "--out", shards], driver_env, BUILD_TIMEOUT_S,
+                            log_dir / "build_shards.log")
 
         overrides = [
             f"data.shards={shards}", "data.train=[reason_seg/train]", "data.sample_rates=[1]",
@@ -310,11 +335,33 @@ def node_loss_run(s3_server: Any, mlflow_server: str, synthetic_root: Path,
             checkpoints_at_kill=checkpoints,
             resumed_from_history=sorted((m.step, m.value) for m in history),
             tracking_uri=mlflow_server,
+            build_output=build_output,
+            spread_build=spread_build,
+            shards_url=shards,
         )
     finally:
         if trainer is not None:
             _stop_group(trainer)
         cluster.stop()
+
+
+def test_build_reads_the_raw_data_where_it_is(node_loss_run: NodeLossRun,
+                                              synthetic_root: Path) -> None:
+    """A local root is read on the node that has it (complete dataset); claiming it is shared
+    sends tasks to a node without it: the build fails loudly and publishes nothing."""
+    from pipelines.ingestion.sequential import rank_samples
+    from pipelines.shard_sets import resolve
+
+    for split in ("train", "val"):
+        expected = {p.stem for p in (synthetic_root / "reason_seg/ReasonSeg" / split).glob("*.jpg")}
+        shard_set = resolve(node_loss_run.shards_url, f"reason_seg/{split}")
+        assert not shard_set.manifest.quarantine
+        assert {s.key.split("_", 3)[3] for s in rank_samples([shard_set])} == expected
+    code, output = node_loss_run.spread_build
+    assert code == 1, output[-3000:]
+    assert "is not visible on node" in output and "nothing was published" in output
+    with pytest.raises(Exception, match="no shards at"):
+        resolve(f"{node_loss_run.shards_url}-spread", "reason_seg/train")
 
 
 def test_two_workers_run_one_per_node(node_loss_run: NodeLossRun) -> None:

@@ -63,7 +63,8 @@ def test_model_edits_rerun_train_and_evaluate_comments_rerun_nothing(project: Pa
 def test_a_helper_in_the_steps_module_counts_only_for_the_steps_that_call_it(project: Path) -> None:
     before = _hashes(project)
     _edit(project / "pipelines" / "workflow_steps" / "steps.py",
-          'raise FileNotFoundError(f"{url} is missing', 'raise FileNotFoundError(f"{url} is absent')
+          'return {name: resolve(shards, name).manifest.content_hash',
+          'return {str(name): resolve(shards, name).manifest.content_hash')
     assert _changed(before, _hashes(project)) == {"build"}  # manifest_hashes is build's helper
 
 

@@ -19,7 +19,7 @@ from pipelines.examples import (
     evaluation_queries,
     evaluation_split,
 )
-from pipelines.streaming import ShardSource
+from pipelines.shard_sets import resolve
 from read_model import templates as T
 from read_model.template_draws import PROJECT_TEMPLATES, ReferQuery, draw_refer_prompts
 
@@ -106,7 +106,8 @@ def test_prompt_plan_reads_shards_and_refuses_unordered_samples(tmp_path: Path) 
     write_samples(samples, folder, dataset="fprefcoco", split="val")
     reason_folder = str(tmp_path / "reason_seg" / "val")
     write_samples([_reason_sample()], reason_folder, dataset="reason_seg", split="val")
-    plan = build_prompt_plan([ShardSource(folder), ShardSource(reason_folder)], "project", 42)
+    plan = build_prompt_plan([resolve(str(tmp_path), "fprefcoco/val"),
+                              resolve(str(tmp_path), "reason_seg/val")], "project", 42)
     assert len(plan.prompts) == 9  # three sentences per image, ReasonSeg not drawn
     assert plan.params() == {"eval.templates": "project", "eval.prompt_seed": "42",
                              "eval.drawn_prompts": "9"}
@@ -118,7 +119,7 @@ def test_prompt_plan_reads_shards_and_refuses_unordered_samples(tmp_path: Path) 
     other = str(tmp_path / "refcoco" / "val")
     write_samples(unordered, other, dataset="refcoco", split="val")
     with pytest.raises(PromptPlanError, match="rebuild the shards"):
-        build_prompt_plan([ShardSource(other)], "project", 42)
+        build_prompt_plan([resolve(str(tmp_path), "refcoco/val")], "project", 42)
 
 
 def test_generation_defaults_follow_upstream() -> None:

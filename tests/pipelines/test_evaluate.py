@@ -19,24 +19,30 @@ from pipelines.config import load_job_config
 from pipelines.evaluate import EvaluationError, evaluate, resolve_model_version
 from pipelines.evaluation.predictions_io import decode_rle, from_jsonl
 from pipelines.examples import evaluation_queries
+from pipelines.integrity import DamagedShardError
+from pipelines.shard_sets import resolve
 from read_model.metrics import intersection_union
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_NAME = "read-eval-test"
 
 
-@pytest.fixture(scope="module")
-def eval_shards(synthetic_root, tmp_path_factory) -> tuple[list[str], dict[str, Sample]]:
-    out = tmp_path_factory.mktemp("eval-shards")
+NAMES = ["reason_seg/val", "fprefcoco/val"]
+
+
+def _write_eval_sets(root: Path, synthetic_root: Path) -> dict[str, Sample]:
     reason = [s for s in iter_reason_seg(synthetic_root, "val") if isinstance(s, Sample)][:3]
     fp = [s for s in iter_refer(synthetic_root, "fprefcoco", "val") if isinstance(s, Sample)][:2]
     assert reason and fp and any(not q.exists for s in fp for t in s.targets for q in t.queries)
-    folders = []
     for name, samples in (("reason_seg", reason), ("fprefcoco", fp)):
-        folder = str(out / name / "val")
-        write_samples(samples, folder, dataset=name, split="val")
-        folders.append(folder)
-    return folders, {s.key: s for s in reason + fp}
+        write_samples(samples, str(root / name / "val"), dataset=name, split="val")
+    return {s.key: s for s in reason + fp}
+
+
+@pytest.fixture(scope="module")
+def eval_shards(synthetic_root, tmp_path_factory) -> tuple[Path, dict[str, Sample]]:
+    root = tmp_path_factory.mktemp("eval-shards")
+    return root, _write_eval_sets(root, synthetic_root)
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +64,14 @@ def registered(mlflow_server, tmp_path_factory) -> str:
 @pytest.mark.integration
 def test_one_and_two_actors_score_identically(ray_local, mlflow_server, registered, eval_shards,
                                              tmp_path):
-    folders, samples = eval_shards
+    root, samples = eval_shards
     base = [f"eval.output={tmp_path / 'out'}", "eval.batch_size=2", "eval.num_overlays=2",
-            "eval.modes=[segmentation,siou]", "mlflow.experiment=eval-test"]
+            "eval.modes=[segmentation,siou]", "mlflow.experiment=eval-test",
+            f"data.shards={root}"]
     summaries = []
     for actors in (1, 2):
         config = load_job_config(REPO / "configs" / "tiny.yaml", [*base, f"eval.num_actors={actors}"])
-        summaries.append(evaluate(config, f"models:/{MODEL_NAME}@champion", folders,
+        summaries.append(evaluate(config, f"models:/{MODEL_NAME}@champion", NAMES,
                                   tracking_uri=mlflow_server, with_baselines=actors == 1,
                                   tag_version=actors == 1))
     one, two = summaries
@@ -100,14 +107,51 @@ def test_one_and_two_actors_score_identically(ray_local, mlflow_server, register
     assert run.data.params["max_new_tokens"] == "512"
     fp_queries = sum(s.num_queries for s in samples.values() if s.dataset == "fprefcoco")
     assert run.data.params["eval.drawn_prompts"] == str(fp_queries)
-    manifest = json.loads((Path(folders[0]) / "manifest.json").read_text())
-    assert run.data.params["data.reason_seg/val.content_hash"] == manifest["content_hash"]
+    reason_val = resolve(str(root), "reason_seg/val")
+    assert run.data.params["data.reason_seg/val.content_hash"] == reason_val.manifest.content_hash
+    assert run.data.params["data.reason_seg/val.version"] == reason_val.version
+    assert one["data"]["versions"]["reason_seg/val"] == reason_val.version
+    assert run.data.metrics["data.damaged_shards"] == 0.0
+    integrity = client.download_artifacts(one["run_id"], "data_integrity.json", str(tmp_path))
+    consumed = json.loads(Path(integrity).read_text())["consumed"]
+    assert consumed[reason_val.shard_url(reason_val.manifest.shards[0].name)] == \
+        reason_val.manifest.shards[0].sha256  # the verified bytes, shard by shard
     assert run.data.metrics["giou"] == one["metrics"]["giou"]
     artifacts = {a.path for a in client.list_artifacts(one["run_id"])}
     assert {"metrics.csv", "metrics.json", "metrics.md", "predictions.jsonl", "overlays"} <= artifacts
     assert client.list_artifacts(one["run_id"], "overlays")
     version = client.get_model_version(MODEL_NAME, registered)
     assert float(version.tags[f"{METRIC_TAG_PREFIX}giou"]) == one["metrics"]["giou"]
+
+
+@pytest.mark.integration
+def test_damaged_shard_is_named_and_fails_unless_skipped(ray_local, mlflow_server, registered,
+                                                         synthetic_root, tmp_path):
+    root = tmp_path / "shards"
+    _write_eval_sets(root, synthetic_root)
+    damaged = resolve(str(root), "fprefcoco/val")
+    shard = Path(damaged.shard_url(damaged.manifest.shards[0].name))
+    data = bytearray(shard.read_bytes())
+    data[700] ^= 0xFF  # one flipped byte, same size
+    shard.write_bytes(bytes(data))
+    base = [f"eval.output={tmp_path / 'out'}", "eval.batch_size=2", "eval.num_overlays=0",
+            "mlflow.experiment=eval-damage", f"data.shards={root}"]
+    config = load_job_config(REPO / "configs" / "tiny.yaml", base)
+    with pytest.raises(DamagedShardError, match=r"shard-000000\.tar \(sha256 differs"):
+        evaluate(config, f"models:/{MODEL_NAME}@champion", NAMES, tracking_uri=mlflow_server)
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("eval-damage").experiment_id
+    [failed] = client.search_runs([experiment])
+    assert failed.info.status == "FAILED" and failed.data.metrics["data.damaged_shards"] == 1.0
+
+    config = load_job_config(REPO / "configs" / "tiny.yaml",
+                             [*base, "data.on_damaged_shard=skip"])
+    summary = evaluate(config, f"models:/{MODEL_NAME}@champion", NAMES,
+                       tracking_uri=mlflow_server)
+    assert list(summary["data"]["damaged_shards"]) == [str(shard)]
+    assert summary["num_errors"] == 0 and "reason_seg.val.giou" in summary["metrics"]
+    assert not any(k.startswith("fprefcoco") for k in summary["metrics"])
+    assert client.get_run(summary["run_id"]).data.metrics["data.damaged_shards"] == 1.0
 
 
 @pytest.mark.integration

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -22,6 +23,7 @@ from dataset_builders.refer import iter_refer
 from dataset_builders.sample import Sample
 from pipelines import storage
 from pipelines.build_shards import write_samples
+from pipelines.shard_sets import resolve
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -53,7 +55,7 @@ def local_shards(synthetic_root, tmp_path_factory) -> str:
 
 @pytest.mark.integration
 def test_two_workers_s3_checkpoints_mlflow_registry(synthetic_root, s3_server, mlflow_server,
-                                                   ray_local, monkeypatch):
+                                                   ray_local, monkeypatch, tmp_path):
     from pipelines.registry import load_registered
     from pipelines.train import main
 
@@ -72,6 +74,14 @@ def test_two_workers_s3_checkpoints_mlflow_registry(synthetic_root, s3_server, m
     assert run.data.params["train.max_steps"] == "4"
     assert run.data.params["scaling.num_workers"] == "2"
     assert len(run.data.tags["shards.reason_seg/train.content_hash"]) == 64
+    pinned = resolve(shards, "reason_seg/train")
+    assert run.data.tags["shards.reason_seg/train.version"] == pinned.version
+    integrity = json.loads(Path(client.download_artifacts(
+        summary["run_id"], "data_integrity.json", str(tmp_path))).read_text())
+    assert not integrity["damaged"] and integrity["consumed"]
+    assert set(integrity["consumed"].values()) <= {e.sha256 for s in (
+        pinned, resolve(shards, "refcoco/train")) for e in s.manifest.shards}
+    assert run.data.tags["data.consumed_hash"] == integrity["consumed_hash"]
     assert run.data.tags["git_commit"]
     history = client.get_metric_history(summary["run_id"], "train/total")
     assert sorted(m.step for m in history) == [1, 2, 3, 4]
