@@ -160,6 +160,11 @@ class ReadModel(nn.Module):
         """
         parts = self.parts
         embeds = parts.embed_tokens(input_ids)
+        device_type = embeds.device.type
+        if torch.is_autocast_enabled(device_type):
+            # An fp32 (trainable master) embedding would keep the whole residual stream in fp32
+            # under autocast; upstream's bf16 model carries it in the compute dtype.
+            embeds = embeds.to(torch.get_autocast_dtype(device_type))
         if row_features is not None:
             image_mask = input_ids == self.token_ids.image
             expected = row_features.shape[0] * row_features.shape[1]

@@ -44,8 +44,11 @@ def check_job(config: JobConfig, tracking_uri: str) -> list[ShardSet]:
 
 
 def check_strategy(config: JobConfig) -> None:
-    if config.train.strategy == "fsdp" and not config.scaling.use_gpu:
-        raise ConfigError("train.strategy=fsdp needs GPUs (scaling.use_gpu=true); use ddp on CPU")
+    """Combinations that cannot train. FSDP runs on CPUs too (gloo), as DDP does."""
+    train = config.train
+    if train.strategy == "fsdp" and train.precision == "fp16" and config.scaling.num_workers > 1:
+        raise ConfigError("train.precision=fp16 with train.strategy=fsdp is not supported (the "
+                          "loss scaler does not agree on overflows across shards); use bf16")
     if config.train.batch_size < 1 or config.train.grad_accumulation_steps < 1:
         raise ConfigError("train.batch_size and train.grad_accumulation_steps must be >= 1")
     if config.train.max_steps < 1:
