@@ -380,3 +380,21 @@ def test_rows_with_a_wrong_number_of_image_placeholders_fail_clearly(
     broken.input_ids[0, first_image_position] = tiny.token_ids.pad
     with pytest.raises(ValueError, match="<image> placeholders"):
         tiny(broken)
+
+
+def test_answer_cross_entropy_equals_the_full_logits_loss():
+    from read_model.model import IGNORE_INDEX, answer_cross_entropy, shifted_cross_entropy
+
+    generator = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(8, 11)
+    hidden = torch.randn(3, 6, 8, generator=generator, requires_grad=True)
+    labels = torch.randint(0, 11, (3, 6), generator=generator)
+    labels[0, :4] = IGNORE_INDEX
+    labels[2] = IGNORE_INDEX  # a row without any answer token
+    full = shifted_cross_entropy(head(hidden), labels)
+    answers = answer_cross_entropy(hidden, labels, head)
+    torch.testing.assert_close(answers, full)
+    full_grad = torch.autograd.grad(full, hidden)[0]
+    torch.testing.assert_close(torch.autograd.grad(answers, hidden)[0], full_grad)
+    nothing = torch.full_like(labels, IGNORE_INDEX)
+    assert float(answer_cross_entropy(hidden, nothing, head)) == 0.0
