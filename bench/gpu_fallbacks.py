@@ -10,6 +10,7 @@ stand-in is announced, so a table never hides that it was used.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import sys
 import types
 
@@ -42,9 +43,17 @@ class _ArrayImage:
         return self.array if dtype is None else self.array.astype(dtype)
 
 
+def _module(name: str) -> types.ModuleType:
+    """A module with a spec (importlib.util.find_spec must not fail on it) and no version or
+    file, which transformers' availability checks read as "not installed"."""
+    module = types.ModuleType(name)
+    module.__spec__ = importlib.machinery.ModuleSpec(name, loader=None)
+    return module
+
+
 def _fake_pil() -> types.ModuleType:
-    pil = types.ModuleType("PIL")
-    image = types.ModuleType("PIL.Image")
+    pil = _module("PIL")
+    image = _module("PIL.Image")
     image.fromarray = _ArrayImage
     image.Image = _ArrayImage
     image.Resampling = types.SimpleNamespace(BICUBIC="bicubic", BILINEAR="bilinear")
@@ -69,13 +78,13 @@ def _fake_torchvision() -> types.ModuleType:
     def not_available(*args: object, **kwargs: object) -> None:
         raise NotImplementedError("torchvision stand-in: only the resize path exists")
 
-    vision = types.ModuleType("torchvision")
-    transforms = types.ModuleType("torchvision.transforms")
-    functional = types.ModuleType("torchvision.transforms.functional")
+    vision = _module("torchvision")
+    transforms = _module("torchvision.transforms")
+    functional = _module("torchvision.transforms.functional")
     functional.resize, functional.to_pil_image = resize, to_pil_image
     transforms.functional = functional
-    ops = types.ModuleType("torchvision.ops")
-    boxes = types.ModuleType("torchvision.ops.boxes")  # imported by SAM's mask generator only
+    ops = _module("torchvision.ops")
+    boxes = _module("torchvision.ops.boxes")  # imported by SAM's mask generator only
     boxes.batched_nms = boxes.box_area = not_available
     ops.boxes = boxes
     vision.transforms, vision.ops = transforms, ops

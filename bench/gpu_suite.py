@@ -1,7 +1,7 @@
 """The GPU suite's body (bench/gpu_suite.sh prepares the environment and calls it): one table.
 
     python bench/gpu_suite.py            # needs a CUDA GPU (< 8 min on one H100 / H200)
-    python bench/gpu_suite.py --smoke    # the same code path on the CPU, READ-7B widths, 1-2 layers
+    python bench/gpu_suite.py --smoke    # the same code path on the CPU with the tiny preset
 
 On one model, READ-7B at full depth with random weights (bench/gpu_train_step.py says how):
 
@@ -169,10 +169,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu_suite: no CUDA GPU visible; nothing measured (exit {NO_GPU_EXIT}). "
               "`--smoke` runs the same code path on the CPU.")
         return NO_GPU_EXIT
-    from gpu_train_step import build_engine, peak_flops, run_training, suite_config, training_rows
+    from gpu_train_step import (
+        build_engine,
+        peak_flops,
+        run_training,
+        smoke_config,
+        suite_config,
+        training_rows,
+    )
 
     device = torch.device("cpu" if args.smoke else "cuda")
-    job = suite_config(*((1, 1, 2) if args.smoke else (None, None, None)))
+    job = smoke_config() if args.smoke else suite_config(None, None, None)
     model, tokenizer, engine = build_engine(job, device)
     built = time.perf_counter() - started
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (smoke run)"
@@ -188,8 +195,10 @@ def main(argv: list[str] | None = None) -> int:
 
     shape = (f"text {llava.text_layers} layers x {llava.text_hidden_size}, vocab "
              f"{model.parts.embed_tokens.num_embeddings}, CLIP {llava.vision_layers} layers, SAM "
-             f"{'ViT-H' if sam.variant == 'vit_h' else f'ViT-H widths x {sam.tiny_depth} blocks'}")
-    print(f"READ-7B GPU suite on {name}; {_versions()}")
+             f"{'ViT-H' if sam.variant == 'vit_h' else f'tiny ({sam.tiny_depth} blocks)'}")
+    title = "tiny-preset SMOKE run (code path only, numbers mean nothing)" if args.smoke else (
+        "READ-7B GPU suite")
+    print(f"{title} on {name}; {_versions()}")
     print(f"model: random weights, {shape}; precision {engine.precision.name} (frozen "
           f"{str(engine.precision.frozen_dtype).removeprefix('torch.')}, trainable fp32), "
           f"activation checkpointing {'on' if llava.gradient_checkpointing else 'off'}; "

@@ -5,7 +5,7 @@
 #
 #   bash bench/gpu_suite.sh --prepare   # once, where PyPI is reachable: fill bench/vendor/
 #   bash bench/gpu_suite.sh             # on the GPU machine (bench/vendor/ travels with the tree)
-#   bash bench/gpu_suite.sh --smoke     # the same code path on a CPU, 1-2 layers (no GPU needed)
+#   bash bench/gpu_suite.sh --smoke     # the same code path on a CPU, tiny preset (no GPU needed)
 #
 # The GPU image has torch, transformers and peft but not necessarily the versions this project
 # pins, nor segment-anything (and no ray / mlflow, which the suite never imports). The pinned

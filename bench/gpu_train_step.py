@@ -150,6 +150,14 @@ def suite_config(text_layers: int | None, vision_layers: int | None, sam_depth: 
     return job
 
 
+def smoke_config() -> Any:
+    """The tiny preset with activation checkpointing on: every code path, in seconds on a CPU."""
+    from pipelines.config import load_job_config
+
+    return load_job_config(REPO / "configs" / "tiny.yaml",
+                           ["model.llava.gradient_checkpointing=true"])
+
+
 def build_engine(job: Any, device: Any) -> tuple[Any, Any, Any]:
     """The model on `device` with the training loop's precision split and optimizer."""
     import torch

@@ -21,7 +21,8 @@ its 256×256×32 output; the mask is up-sampled to the 1024 frame and to the ima
 keep ~`MASK_LOSS_MAPS` fp32 maps of the image. SAM's image encoder is frozen and runs without
 a graph, but a global-attention block materialises heads×N² scores (N = 4096 tokens): the
 rel-pos sum holds three such maps at once (3c bytes each element), softmax's fp32 output and its
-cast another 4 + c. Weights: frozen in bf16 (SAM's prompt encoder fp32), trainable fp32 masters
+cast another 4 + c. AdamW's foreach step allocates one fp32 temporary the size of the trainable
+state (the square root of the second moment). Weights: frozen in bf16 (SAM's prompt encoder fp32), trainable fp32 masters
 with fp32 gradients and two fp32 AdamW moments. DDP holds all of it; FSDP divides it by the
 workers and adds its working set: the root unit stays gathered for the whole step (its
 trainable embedding and LM head, with their unsharded gradients and the reduce-scatter copy),
@@ -50,6 +51,7 @@ class ParamCounts:
     frozen_low: int = 0  # frozen, stored in the compute dtype
     frozen_fp32: int = 0  # frozen, kept fp32 (SAM prompt encoder)
     trainable: int = 0  # fp32 masters
+    embedding_trainable: int = 0  # the input embedding's share: its gradient is produced last
     unit_bytes: list[int] = field(default_factory=list)  # gathered bytes of each layer unit
     sam_unit_bytes: int = 0  # gathered bytes of the SAM image encoder unit
     root_bytes: int = 0  # gathered bytes of the root unit
@@ -86,9 +88,11 @@ class Plan:
     weights: float
     trainable: float
     gradients: float
+    embedding_gradients: float  # part of `gradients`: the input embedding's
     optimizer: float
     fsdp_working: float  # gathered while the decoder stack runs and back-propagates
     fsdp_encoder: float  # gathered while SAM's image encoder runs (start of the forward)
+    fsdp_optimizer: float  # still held at the optimizer step (nothing: all resharded)
     activations_per_sample: float
     backward_transient: float
     sam_transient_per_sample: float
@@ -107,12 +111,24 @@ class Plan:
                 + micro_batch * self.sam_transient_per_sample)
 
     def decoder_phase(self, micro_batch: int) -> float:
-        """Peak of the rest of the step: stored activations, one layer's backward, gradients."""
+        """Peak of the rest of the forward and the backward: stored activations, one layer's
+        backward, gradients. Gradients freed between steps come back during the backward, the
+        input embedding's last, when the activations are gone; DDP's buckets hold them all."""
         stored = micro_batch * (self.activations_per_sample + self.backward_transient)
-        return self.static + self.fsdp_working + stored
+        if self.persistent_gradients:
+            return self.static + self.fsdp_working + stored
+        early = self.gradients - self.embedding_gradients
+        return (self.static - self.gradients + self.fsdp_working
+                + max(stored + early, self.gradients))
+
+    def optimizer_phase(self) -> float:
+        """AdamW's step (foreach): activations are gone, but it materialises one fp32 temporary
+        the size of the (local) trainable state (sqrt of the second moment)."""
+        return self.static + self.fsdp_optimizer + self.trainable
 
     def peak(self, micro_batch: int) -> float:
-        return max(self.encoder_phase(micro_batch), self.decoder_phase(micro_batch))
+        return max(self.encoder_phase(micro_batch), self.decoder_phase(micro_batch),
+                   self.optimizer_phase())
 
 
 def count_parameters(model: Any, fp32_prefixes: tuple[str, ...], compute_bytes: int) -> ParamCounts:
@@ -129,6 +145,8 @@ def count_parameters(model: Any, fp32_prefixes: tuple[str, ...], compute_bytes: 
     for name, param in model.named_parameters():
         if param.requires_grad:
             counts.trainable += param.numel()
+            if name.endswith("embed_tokens.weight"):
+                counts.embedding_trainable += param.numel()
             size = 4
         elif name.startswith(fp32_prefixes):
             counts.frozen_fp32 += param.numel()
@@ -214,9 +232,11 @@ def plan(counts: ParamCounts, shapes: Shapes, work: Workload, *, strategy: str, 
         weights=weights,
         trainable=4 * counts.trainable / shard,
         gradients=4 * counts.trainable / shard,
+        embedding_gradients=4 * counts.embedding_trainable / shard,
         optimizer=8 * counts.trainable / shard,
         fsdp_working=fsdp_working,
         fsdp_encoder=fsdp_encoder,
+        fsdp_optimizer=0.0,
         activations_per_sample=activations_per_sample(shapes, work, c, checkpointing),
         backward_transient=backward_transient_per_sample(shapes, work, c),
         sam_transient_per_sample=sam_transient_per_sample(shapes, c),

@@ -241,15 +241,17 @@ def measure_steps(config: Any, image_hw: tuple[int, int]) -> tuple[dict[bool, di
         hooks = [encoder.register_forward_pre_hook(lambda *_, t=tracker: t.enter("encoder")),
                  encoder.register_forward_hook(lambda *_, t=tracker: t.enter("decoder"))]
         tracker.enter("decoder")
+        before = tracker.live
         with tracker.mode():
             out = model(batch)
             out["total"].backward()
             del out
+            tracker.enter("optimizer")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         for hook in hooks:
             hook.remove()
-        peaks[checkpointing] = dict(tracker.peaks)
+        peaks[checkpointing] = {**tracker.peaks, "before": before}
     return peaks, int(batch.input_ids.shape[1])
 
 
@@ -275,8 +277,14 @@ def run_check(args: argparse.Namespace) -> list[tuple[str, float, float]]:
         ckpt = "on" if checkpointing else "off"
         results.append((f"SAM encoder phase, ckpt {ckpt}", estimate.encoder_phase(1),
                         peaks[checkpointing]["encoder"]))
-        results.append((f"decoder phase (fwd+bwd+step), ckpt {ckpt}", estimate.decoder_phase(1),
-                        peaks[checkpointing]["decoder"]))
+        measured = peaks[checkpointing]
+        results.append((f"decoder phase (fwd+bwd), ckpt {ckpt}", estimate.decoder_phase(1),
+                        measured["decoder"]))
+        results.append(("  of which gradients + activations", estimate.decoder_phase(1)
+                         - (estimate.static - estimate.gradients),
+                         measured["decoder"] - measured["before"]))
+        results.append((f"optimizer step, ckpt {ckpt}", estimate.optimizer_phase(),
+                        measured["optimizer"]))
     print(f"CPU check ({seconds:.0f} s): READ-7B widths, text {args.check_layers} layers, CLIP 2, "
           f"SAM ViT-H {CHECK_SAM_DEPTH} blocks (1 global), vocab {mm.LLAVA_VOCAB}, fp32; 1 image "
           f"{width}x{height}, 1 row of {tokens} tokens; peak of live tensor bytes per phase")

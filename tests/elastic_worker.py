@@ -24,16 +24,23 @@ OVERRIDES = ["train.strategy=fsdp", "train.warmup_steps=1", "train.max_steps=10"
 
 
 def _examples(step: int, rank: int) -> list[Any]:
+    """Two images with one [SEG] turn each; at step 1, rank 1 gets false premises only, so its
+    mask decoder gets no gradient while rank 0's does (FSDP2 must still reduce the same set)."""
     from read_model.batch import ReadExample
 
     rng = np.random.default_rng(1000 * step + rank)
     examples = []
     for _ in range(2):
         height, width = (int(v) for v in rng.integers(40, 90, size=2))
+        image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+        if step == 1 and rank == 1:
+            examples.append(ReadExample(image, [("<image>\nWhere is the star?",
+                                                 "There is no star here.")], [None]))
+            continue
         mask = np.zeros((height, width), np.uint8)
         mask[height // 4: height // 2, width // 4: width // 2] = 1
-        examples.append(ReadExample(rng.integers(0, 255, (height, width, 3), dtype=np.uint8),
-                                    [("<image>\nWhere is the square?", "It is [SEG].")], [mask]))
+        examples.append(ReadExample(image, [("<image>\nWhere is the square?", "It is [SEG].")],
+                                    [mask]))
     return examples
 
 

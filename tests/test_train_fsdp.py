@@ -63,8 +63,10 @@ def test_fsdp_matches_ddp_resumes_and_exports(synthetic_root, mlflow_server, ray
     from pipelines.registry import download_registered, load_registered
     from pipelines.train import main
     from pipelines.training.checkpointing import WEIGHTS_FILE
+    from pipelines.training.loop import EXPORT_DIR
     from pipelines.training.precision import apply_precision, resolve_precision
     from pipelines.training.validation import score_batches, summary
+    from read_model.checkpoint import load_model_dir
     from read_model.model import build_model
 
     shards = str(tmp_path / "shards")
@@ -72,7 +74,7 @@ def test_fsdp_matches_ddp_resumes_and_exports(synthetic_root, mlflow_server, ray
     common = [*RUN_ARGS, f"data.shards={shards}", f"train.storage_path={tmp_path / 'ray'}",
               f"mlflow.tracking_uri={mlflow_server}"]
     ddp = main(["--config", str(TINY), *common, "train.strategy=ddp", "train.run_name=ddp-ref",
-                "mlflow.registered_model=read-ddp-ref"])
+                "--no-register"])
     marker = tmp_path / "failed-once"
     monkeypatch.setenv("READ_TEST_FAIL_ONCE", f"{marker}@2")
     fsdp = main(["--config", str(TINY), *common, "train.strategy=fsdp", "train.run_name=fsdp-run",
@@ -88,7 +90,7 @@ def test_fsdp_matches_ddp_resumes_and_exports(synthetic_root, mlflow_server, ray
     resumed = _history(client, fsdp["run_id"], "progress/resumed_from")
     assert {s: int(v) for s, v in resumed.items()} == {1: 0, 2: 0, 3: 2, 4: 2}
 
-    # The registered export: built dtypes, loads into a plain model, same masks as DDP's.
+    # The registered export: built dtypes, loads into a plain model, same masks as DDP's export.
     export = download_registered("models:/read-fsdp@candidate", tmp_path / "dl",
                                  tracking_uri=mlflow_server)
     stored = load_file(str(export / "trainable.safetensors"))
@@ -98,7 +100,7 @@ def test_fsdp_matches_ddp_resumes_and_exports(synthetic_root, mlflow_server, ray
     config = load_job_config(TINY, common)
     batches = _val_batches(config)
     fsdp_model = load_registered("models:/read-fsdp@candidate", tracking_uri=mlflow_server)[0]
-    ddp_model = load_registered("models:/read-ddp-ref@candidate", tracking_uri=mlflow_server)[0]
+    ddp_model = load_model_dir(Path(ddp["checkpoint"]) / EXPORT_DIR)[0]
     fsdp_masks, ddp_masks = _masks(fsdp_model, batches, config), _masks(ddp_model, batches, config)
     assert len(fsdp_masks) == len(ddp_masks) == sum(len(b) for b in batches)
     assert sum(m.numel() for m in fsdp_masks) > 0
