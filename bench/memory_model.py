@@ -11,7 +11,8 @@ size, I = MLP width, per token and per decoder layer:
 - attention (SDPA flash / memory-efficient): q, k, v and the output            4·c·h
 - SwiGLU MLP: gate output (SiLU input), SiLU output, up output                 3·c·I
   => A_layer = 8h + 2(1+c)h + 4ch + 3cI   (bf16: 22h + 6I ≈ 152 KiB at 7B shapes)
-- activation checkpointing keeps each layer's input (c·h) and recomputes one layer at a time;
+- activation checkpointing keeps each layer's input (c·h) and recomputes one layer at a time
+  during the backward (A_layer more while that layer back-propagates);
 - backward of one layer holds ~3 gradient tensors of the MLP width and 2 of h:  3cI + 2ch
 - outside the decoder stack: the final norm's fp32 copy and the last hidden state: 4h + ch.
 
@@ -190,8 +191,8 @@ def activations_per_sample(shapes: Shapes, work: Workload, c: int, checkpointing
     h = shapes.hidden
     tokens = work.rows_per_image * work.tokens_per_row
     layer = layer_bytes_per_token(shapes, c)
-    # checkpointing: each layer's saved input + the one layer being recomputed
-    stack = shapes.layers * c * h + layer if checkpointing else shapes.layers * layer
+    # checkpointing keeps each layer's input; the layer being recomputed is backward's
+    stack = shapes.layers * c * h if checkpointing else shapes.layers * layer
     outside = 4 * h + c * h
     per_seg = (4 * shapes.image_tokens * h
                + DECODER_MAPS * SAM_FRAME_TOKENS * SAM_EMBED_DIM * c
@@ -200,10 +201,13 @@ def activations_per_sample(shapes: Shapes, work: Workload, c: int, checkpointing
     return tokens * (stack + outside) + work.segs_per_image * per_seg
 
 
-def backward_transient_per_sample(shapes: Shapes, work: Workload, c: int) -> float:
-    """Gradients in flight while one layer back-propagates (3cI + 2ch per token)."""
+def backward_transient_per_sample(shapes: Shapes, work: Workload, c: int,
+                                  checkpointing: bool) -> float:
+    """While one layer back-propagates: gradients in flight (3cI + 2ch per token), plus the
+    layer's recomputed activations under checkpointing."""
     tokens = work.rows_per_image * work.tokens_per_row
-    return tokens * (3 * c * shapes.intermediate + 2 * c * shapes.hidden)
+    recomputed = layer_bytes_per_token(shapes, c) if checkpointing else 0
+    return tokens * (3 * c * shapes.intermediate + 2 * c * shapes.hidden + recomputed)
 
 
 def sam_transient_per_sample(shapes: Shapes, c: int) -> float:
@@ -238,7 +242,7 @@ def plan(counts: ParamCounts, shapes: Shapes, work: Workload, *, strategy: str, 
         fsdp_encoder=fsdp_encoder,
         fsdp_optimizer=0.0,
         activations_per_sample=activations_per_sample(shapes, work, c, checkpointing),
-        backward_transient=backward_transient_per_sample(shapes, work, c),
+        backward_transient=backward_transient_per_sample(shapes, work, c, checkpointing),
         sam_transient_per_sample=sam_transient_per_sample(shapes, c),
         persistent_gradients=strategy == "ddp" and workers > 1,
     )

@@ -244,6 +244,7 @@ def measure_steps(config: Any, image_hw: tuple[int, int]) -> tuple[dict[bool, di
         before = tracker.live
         with tracker.mode():
             out = model(batch)
+            stored = tracker.live - before  # what the forward keeps for the backward
             out["total"].backward()
             del out
             tracker.enter("optimizer")
@@ -251,7 +252,7 @@ def measure_steps(config: Any, image_hw: tuple[int, int]) -> tuple[dict[bool, di
             optimizer.zero_grad(set_to_none=True)
         for hook in hooks:
             hook.remove()
-        peaks[checkpointing] = {**tracker.peaks, "before": before}
+        peaks[checkpointing] = {**tracker.peaks, "before": before, "stored": stored}
     return peaks, int(batch.input_ids.shape[1])
 
 
@@ -278,6 +279,8 @@ def run_check(args: argparse.Namespace) -> list[tuple[str, float, float]]:
         results.append((f"SAM encoder phase, ckpt {ckpt}", estimate.encoder_phase(1),
                         peaks[checkpointing]["encoder"]))
         measured = peaks[checkpointing]
+        results.append((f"stored by the forward, ckpt {ckpt}", estimate.activations_per_sample,
+                        measured["stored"]))
         results.append((f"decoder phase (fwd+bwd), ckpt {ckpt}", estimate.decoder_phase(1),
                         measured["decoder"]))
         results.append(("  of which gradients + activations", estimate.decoder_phase(1)

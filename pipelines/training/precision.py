@@ -93,12 +93,3 @@ def cast_state(state: dict[str, torch.Tensor],
         out[name] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
     return out
 
-
-def precision_report(model: nn.Module) -> dict[str, int]:
-    """Parameter counts per (trainable|frozen, dtype): what a run logs to show the split."""
-    counts: dict[str, int] = {}
-    for param in model.parameters():
-        kind = "trainable" if param.requires_grad else "frozen"
-        key = f"{kind}_{str(param.dtype).removeprefix('torch.')}"
-        counts[key] = counts.get(key, 0) + param.numel()
-    return counts
