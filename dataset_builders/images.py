@@ -2,7 +2,7 @@
 
 PIL leaves a JPEG as stored unless told otherwise, so a phone photo tagged "rotate 90" would
 come out sideways, with width and height swapped against the masks upstream drew on the
-upright image. Everything here decodes with the orientation applied (tests/test_records.py
+upright image. Everything here decodes with the orientation applied (tests/dataset_builders/test_records.py
 compares against `cv2.imread` on a rotated JPEG).
 """
 

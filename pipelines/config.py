@@ -81,7 +81,9 @@ class TrainConfig:
     beta2: float = 0.95
     warmup_steps: int = 100
     grad_clip: float = 1.0
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    # fp32 trainable masters always; this picks the frozen weights' dtype and autocast.
+    # auto: bf16 on a GPU with bf16, fp16 on one without, fp32 on CPU.
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     strategy: Literal["ddp", "fsdp"] = "ddp"
     checkpoint_every: int = 500
     validate_every: int = 500

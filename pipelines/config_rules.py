@@ -84,8 +84,11 @@ def _train(config: JobConfig, problems: Problems) -> None:
             "must be >= 0 (Ray Train reads -1 as unlimited retries)")
     require(train.num_to_keep >= 1, "train.num_to_keep", train.num_to_keep,
             "must be >= 1 (the latest checkpoint is what a resume starts from)")
-    require(train.strategy != "fsdp" or config.scaling.use_gpu, "train.strategy", train.strategy,
-            "needs GPUs (scaling.use_gpu=true); use ddp on CPU")
+    fp16_sharded = (train.strategy == "fsdp" and train.precision == "fp16"
+                    and config.scaling.num_workers > 1)
+    require(not fp16_sharded, "train.precision", train.precision,
+            "is not supported with train.strategy=fsdp (the loss scaler does not agree on "
+            "overflows across shards); use bf16")
 
 
 def _eval(config: JobConfig, problems: Problems) -> None:

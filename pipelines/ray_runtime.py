@@ -37,6 +37,7 @@ FORWARDED_VARIABLES = (
     "MLFLOW_TRACKING_PASSWORD",
     "MLFLOW_TRACKING_TOKEN",
     NODE_IP_VARIABLE,
+    "READ_TEST_FAIL_ONCE",  # fault injection of the resume tests (pipelines/training/loop.py)
 )
 UPLOAD_EXCLUDES = [".git", "artifacts", "mlruns", "*.tar", "*.safetensors", "*.pth", "**/__pycache__"]
 

@@ -44,16 +44,24 @@ class CheckpointError(RuntimeError):
 
 
 def save_trainable(
-    model: ReadModel, tokenizer: Any, config: ReadConfig, directory: str | Path
+    model: ReadModel,
+    tokenizer: Any,
+    config: ReadConfig,
+    directory: str | Path,
+    state: dict[str, Tensor] | None = None,
 ) -> Path:
-    """Write the trainable state (plus any base that no path can restore), config and tokenizer."""
+    """Write the trainable state (plus any base that no path can restore), config and tokenizer.
+
+    `state` replaces `model.state_dict()` when the live model cannot give whole tensors (a
+    gathered FSDP state) or the weights are to be stored in another dtype than they train in.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    full_prefixes = _unrestorable_prefixes(config)
+    full_prefixes = unrestorable_prefixes(config)
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     state = {
         name: tensor
-        for name, tensor in model.state_dict().items()
+        for name, tensor in (model.state_dict() if state is None else state).items()
         if name.startswith(full_prefixes) or name in trainable
     }
     save_file(_contiguous(state), str(directory / TRAINABLE_FILE), metadata={"format": FORMAT})
@@ -197,8 +205,8 @@ def _with_tokenizer(config: ReadConfig, tokenizer_dir: Path) -> ReadConfig:
     return dataclasses.replace(config, tokenizer=tokenizer)
 
 
-def _unrestorable_prefixes(config: ReadConfig) -> tuple[str, ...]:
-    """State-dict prefixes whose frozen weights no path in `config` can restore."""
+def unrestorable_prefixes(config: ReadConfig) -> tuple[str, ...]:
+    """State-dict prefixes whose frozen weights no path in `config` can restore (stored whole)."""
     prefixes = ["projection."]
     if not config.llava.path:
         prefixes.append("llava.")

@@ -15,7 +15,7 @@ is "<im_end>", "▁Where"; "is [SEG]." is "▁is", "[SEG]", "▁.". The answer i
 ``len(instruction + " ASSISTANT: ") - 2`` rule (`READ:dataloaders/utils.py`); the prompt must be
 a prefix of the training row, so generation is asked for exactly the tokens training taught.
 "tokenizer" leaves spacing to the loaded tokenizer and encodes the answer on its own.
-Golden ids from that stack: tests/test_token_parity.py (docs/fidelity.md).
+Golden ids from that stack: tests/read_model/test_token_parity.py (docs/fidelity.md).
 """
 
 from __future__ import annotations

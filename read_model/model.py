@@ -208,6 +208,11 @@ class ReadModel(nn.Module):
         """
         parts = self.parts
         embeds = parts.embed_tokens(input_ids)
+        device_type = embeds.device.type
+        if torch.is_autocast_enabled(device_type):
+            # An fp32 (trainable master) embedding would keep the whole residual stream in fp32
+            # under autocast; upstream's bf16 model carries it in the compute dtype.
+            embeds = embeds.to(torch.get_autocast_dtype(device_type))
         if row_features is not None:
             image_mask = input_ids == self.token_ids.image
             expected = row_features.shape[0] * row_features.shape[1]
@@ -327,7 +332,7 @@ class ReadModel(nn.Module):
 
         loss_cfg = self.config.loss
         hidden, sam_embeddings = self._teacher_forced_states(batch)
-        ce = shifted_cross_entropy(self.lm_logits(hidden), batch.labels)
+        ce = answer_cross_entropy(hidden, batch.labels, self.lm_logits)
         segments = self.segment(
             hidden,
             batch.input_ids,
@@ -342,14 +347,31 @@ class ReadModel(nn.Module):
         gt = [g.to(device=hidden.device, dtype=torch.float32) for g in batch.gt_masks]
         mask_terms = mask_losses(segments.mask_logits, gt, loss_cfg)
         bce, dice = mask_terms["bce"], mask_terms["dice"]
+        total = combine_losses(ce, bce, dice, loss_cfg)
+        if not any(m.shape[0] for m in segments.mask_logits):
+            total = total + self._idle_mask_path_term(total, sam_embeddings)
         losses = ReadLosses(
             ce=ce,
             bce=bce,
             dice=dice,
             mask_loss=mask_loss(bce, dice, loss_cfg),
-            total=combine_losses(ce, bce, dice, loss_cfg),
+            total=total,
         )
         return TrainingOutput(losses=losses, segments=segments)
+
+    def _idle_mask_path_term(self, like: Tensor, sam_embeddings: Tensor) -> Tensor:
+        """Zero, connected to the whole mask path: the SAM image embeddings and every trainable
+        parameter of the [SEG] projection, SAM prompt encoder and mask decoder. A batch without
+        [SEG] (false premises only) leaves them out of the graph; sharded training (FSDP2) needs
+        every rank to run the same backward and reduce the same gradients, so such a batch gives
+        them exact zeros instead of none (as DeepSpeed does upstream)."""
+        modules = (self.projection, self.sam.prompt_encoder, self.sam.mask_decoder)
+        terms = [p.sum() for m in modules for p in m.parameters() if p.requires_grad]
+        if sam_embeddings.requires_grad:
+            terms.append(sam_embeddings.sum())
+        if not terms:
+            return like.new_zeros(())
+        return sum(t.float() for t in terms).to(like.dtype) * 0.0
 
     @torch.no_grad()
     @_in_eval_mode
@@ -533,6 +555,19 @@ def evaluation_mode(module: nn.Module) -> Iterator[None]:
         yield
     finally:
         module.train(was_training)
+
+
+def answer_cross_entropy(
+    hidden: Tensor, labels: Tensor, head: Callable[[Tensor], Tensor]
+) -> Tensor:
+    """`shifted_cross_entropy(head(hidden), labels)` with the LM head applied only where a label
+    is predicted: the same loss, without [rows, tokens, vocab] logits (~0.4 MB per token at a
+    32k vocabulary in training, against ~10 answer tokens per row that carry a label)."""
+    targets = labels[:, 1:].to(hidden.device)
+    keep = targets != IGNORE_INDEX
+    logits = head(hidden[:, :-1][keep]).float()
+    total = F.cross_entropy(logits, targets[keep], reduction="sum")
+    return total / keep.sum().clamp(min=1)
 
 
 def shifted_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:

@@ -334,7 +334,7 @@ class SasP(nn.Module):
         """Upstream's truncated cell centres in original pixels, in float32 as upstream computes
         ``(idx % w + 0.5) * scale_w`` on a tensor: the double scale is rounded to float32 first,
         so a centre that is exact in real arithmetic can land just below an integer and truncate
-        one pixel lower (1168x728, padded row 13: 875, not 876; tests/test_sasp.py)."""
+        one pixel lower (1168x728, padded row 13: 875, not 876; tests/read_model/test_sasp.py)."""
         scale = torch.tensor(
             [[g.scale_w, g.scale_h] for g in geometry], device=device, dtype=torch.float32
         )

@@ -11,7 +11,7 @@ correction for FP-RefCOCO false premises, denial otherwise), even when the answe
 
 The sentences are this project's own (`read_model.templates`); `load_upstream_templates` reads the
 lists from a user's upstream checkout instead, by parsing `dataloaders/qa_template.py` with `ast`
-(never importing or executing it), for exact reproduction. Parity: tests/test_template_draws.py.
+(never importing or executing it), for exact reproduction. Parity: tests/read_model/test_template_draws.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """The function every Ray Train worker runs: setup -> (resume) -> train -> final export.
 
-Each worker builds the model from the config, restores the latest checkpoint if Ray hands one
-over (a restart after a failure, or the same command run again), streams its share of the
+Each worker builds the model from the config, splits its precision (fp32 trainable masters, low-
+precision frozen base), places it with DDP or FSDP2 and builds AdamW after that
+(`engine.prepare_engine`), restores the latest checkpoint if Ray hands one over (a restart after
+a failure, or the same command run again, with any number of workers), streams its share of the
 shards, and steps AdamW with gradient accumulation and clipping. Every `checkpoint_every` steps
 all ranks report one merged checkpoint. Rank 0 logs to MLflow, including
 `progress/resumed_from` at every step: the step the current attempt started from, which makes a
@@ -10,7 +12,6 @@ resume visible (and testable) in the metric history.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -26,9 +27,16 @@ import torch
 
 from pipelines.config import JobConfig
 from pipelines.tracking import RankZeroLogger
-from pipelines.training.checkpointing import RankProgress, load_training_state, save_training_state
+from pipelines.training.checkpointing import (
+    RankProgress,
+    derived_seed,
+    load_training_state,
+    save_training_state,
+    seed_everything,
+)
 from pipelines.training.data import open_pinned, restore_data, train_batches, validation_batches
-from pipelines.training.optim import build_optimizer, build_scheduler
+from pipelines.training.engine import Engine, prepare_engine
+from pipelines.training.export import write_export
 from pipelines.training.validation import merge_across_ranks, score_batches, summary
 from read_model.config import from_dict
 
@@ -36,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 EXPORT_DIR = "model"  # the final checkpoint holds the exported model directory under this name
 LOSS_KEYS = ("ce", "bce", "dice", "total")
+FAIL_ONCE_ENV = "READ_TEST_FAIL_ONCE"
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -52,31 +61,25 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(max(1, math.floor(config.scaling.cpus_per_worker)))
-    torch.manual_seed(config.train.seed + rank)
+    seed_everything(derived_seed(config.train.seed, 0, rank))
     device = ray.train.torch.get_device()
     if isinstance(device, list):
         device = device[0]
 
     model, tokenizer = build_model(config.model)
-    optimizer = build_optimizer(model.parameters(), config.train)
-    scheduler = build_scheduler(optimizer, config.train)
+    engine = prepare_engine(model, config.train, device, world_size)
     progress = RankProgress(world_size=world_size)
     data_states, data_report = None, None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             progress = load_training_state(
-                directory, rank=rank, world_size=world_size,
-                model=model, optimizer=optimizer, scheduler=scheduler,
+                directory, rank=rank, world_size=world_size, model=engine.model,
+                optimizer=engine.optimizer, scheduler=engine.scheduler, seed=config.train.seed,
             )
             data_states, data_report = restore_data(directory, rank)
-        logger.info("rank %d resumed at step %d", rank, progress.step)
-    wrapped = ray.train.torch.prepare_model(
-        model,
-        parallel_strategy=config.train.strategy,
-        parallel_strategy_kwargs=_strategy_kwargs(config),
-    )
-    _move_optimizer_state(optimizer, device)
+        logger.info("rank %d resumed at step %d (saved by %d workers, now %d)", rank,
+                    progress.step, progress.world_size, world_size)
     pinned = loop_config.get("shards")
     val_sets = open_pinned(config, config.data.val, pinned)
     batches = train_batches(config, open_pinned(config, config.data.train, pinned), rank=rank,
@@ -92,32 +95,27 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         step = progress.step
         samples_seen = progress.samples_seen
         while step < settings.max_steps:
+            _fail_once_for_tests(rank, step)
             started = time.perf_counter()
             losses = {key: 0.0 for key in LOSS_KEYS}
-            wrapped.train()
+            engine.distributed.module.train()
             for micro in range(settings.grad_accumulation_steps):
                 batch = next(batches).to(device)  # collated in the loader processes
                 last = micro == settings.grad_accumulation_steps - 1
-                sync = contextlib.nullcontext() if last or world_size == 1 else _no_sync(wrapped)
-                with sync, _autocast(config, device):
-                    out = wrapped(batch)
-                    loss = out.losses.total / settings.grad_accumulation_steps
-                loss.backward()
+                with engine.micro_batch(last):
+                    out = engine.forward(batch)
+                    engine.backward(out.losses.total / settings.grad_accumulation_steps)
                 for key in LOSS_KEYS:
-                    losses[key] += float(getattr(out.losses, key).detach()) / settings.grad_accumulation_steps
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in model.parameters() if p.requires_grad], settings.grad_clip
-            )
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+                    losses[key] += (float(getattr(out.losses, key).detach())
+                                    / settings.grad_accumulation_steps)
+            grad_norm = engine.step(settings.grad_clip)
             step += 1
             step_samples = settings.batch_size * settings.grad_accumulation_steps * world_size
             samples_seen += settings.batch_size * settings.grad_accumulation_steps
             elapsed = time.perf_counter() - started
             metrics = {f"train/{k}": v for k, v in losses.items()}
             metrics.update({
-                "train/lr": scheduler.get_last_lr()[0],
+                "train/lr": engine.scheduler.get_last_lr()[0],
                 "train/grad_norm": float(grad_norm),
                 "train/step_time_s": elapsed,
                 "train/samples_per_s": step_samples / elapsed,
@@ -126,71 +124,59 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 **batches.metrics(),
             })
             if step % settings.validate_every == 0 or step == settings.max_steps:
-                metrics.update(validate(wrapped, model, config, val_sets, tokenizer, device, rank,
-                                        world_size))
+                metrics.update(validate(engine, config, val_sets, tokenizer, rank, world_size))
             if step % settings.log_every == 0 or step == settings.max_steps or step == resumed_from + 1:
                 tracker.log(metrics, step)
             else:
                 tracker.log({"progress/resumed_from": float(resumed_from)}, step)
             if step % settings.checkpoint_every == 0 or step == settings.max_steps:
                 state = RankProgress(step=step, samples_seen=samples_seen, world_size=world_size)
-                _report_checkpoint(config, model, optimizer, scheduler, state, rank, metrics,
-                                   batches, final=step == settings.max_steps)
+                _report_checkpoint(config, engine, state, rank, metrics, batches,
+                                   final=step == settings.max_steps)
     batches.close()
 
 
-def validate(wrapped: torch.nn.Module, model: Any, config: JobConfig, val_sets: Any,
-             tokenizer: Any, device: torch.device, rank: int,
+def validate(engine: Engine, config: JobConfig, val_sets: Any, tokenizer: Any, rank: int,
              world_size: int) -> dict[str, float]:
-    """Teacher-forced gIoU / cIoU (and the trivial baselines) on every val sample, all ranks."""
-    wrapped.eval()
+    """Teacher-forced gIoU / cIoU (and the trivial baselines) on every val sample, all ranks.
+
+    Scoring goes through the distributed model (under FSDP2 each call gathers the shards), so
+    every rank calls it equally often (`lockstep`).
+    """
+    scorer = engine.distributed.scoring_model
     batches = validation_batches(config, val_sets, rank=rank, world_size=world_size,
                                  batch_size=config.eval.batch_size)
-    meters = score_batches(model, batches, tokenizer=tokenizer, model_config=config.model,
-                           device=device, autocast=_autocast(config, device))
-    wrapped.train()
+    meters = score_batches(scorer, batches, tokenizer=tokenizer, model_config=config.model,
+                           device=engine.device, autocast=engine.autocast(),
+                           lockstep=engine.distributed.kind == "fsdp")
+    engine.distributed.module.train()
     return summary(merge_across_ranks(meters, world_size))
 
 
-def _report_checkpoint(config: JobConfig, model: Any, optimizer: torch.optim.Optimizer,
-                       scheduler: Any, state: RankProgress, rank: int,
+def _report_checkpoint(config: JobConfig, engine: Engine, state: RankProgress, rank: int,
                        metrics: dict[str, float], batches: Any, *, final: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="read-ckpt-") as directory:
-        save_training_state(directory, rank=rank, model=model, optimizer=optimizer,
-                            scheduler=scheduler, progress=state)
+        save_training_state(directory, rank=rank, model=engine.model, optimizer=engine.optimizer,
+                            scheduler=engine.scheduler, progress=state)
         batches.save(directory, rank)  # the data position: consumed batches only
-        if final and rank == 0:
-            from read_model.checkpoint import save_trainable
-
-            save_trainable(model, model.tokenizer, config.model, Path(directory) / EXPORT_DIR)
+        if final:  # a collective under FSDP2: every rank gathers, rank 0 writes
+            write_export(engine.model, config.model, engine.export_dtypes,
+                         Path(directory) / EXPORT_DIR, rank=rank)
         reported = {"step": state.step, **{k: v for k, v in metrics.items() if "/" in k}}
         ray.train.report(reported, checkpoint=ray.train.Checkpoint.from_directory(directory),
                          checkpoint_dir_name=f"checkpoint-step{state.step:08d}")
 
 
-def _strategy_kwargs(config: JobConfig) -> dict[str, Any]:
-    if config.train.strategy == "ddp":
-        # A micro-batch of false-premise turns leaves the mask decoder without a gradient.
-        return {"find_unused_parameters": True}
-    return {"use_orig_params": True}
-
-
-def _no_sync(wrapped: torch.nn.Module) -> contextlib.AbstractContextManager:
-    return wrapped.no_sync() if hasattr(wrapped, "no_sync") else contextlib.nullcontext()
-
-
-def _autocast(config: JobConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    precision = config.train.precision
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def _move_optimizer_state(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
-    for state in optimizer.state.values():
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor) and key != "step":
-                state[key] = value.to(device)
+def _fail_once_for_tests(rank: int, step: int) -> None:
+    """Fault injection for the resume tests. With READ_TEST_FAIL_ONCE=<marker path>@<step>,
+    rank 0 raises once when it is about to run the step after <step>, if the marker file does
+    not exist yet (it is created first, so the restarted attempt goes on)."""
+    spec = os.environ.get(FAIL_ONCE_ENV, "")
+    marker, _, at_step = spec.rpartition("@")
+    if not marker or rank != 0 or step != int(at_step) or Path(marker).exists():
+        return
+    Path(marker).write_text(f"failed once at step {step}\n")
+    raise RuntimeError(f"injected failure after step {step} ({FAIL_ONCE_ENV})")
 
 
 def _memory_gib(device: torch.device) -> float:

@@ -9,9 +9,10 @@ an empty GT) and over the rows whose GT is non-empty ("present"), where the empt
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -29,16 +30,23 @@ def new_meters() -> dict[str, SegmentationMeter]:
 
 def score_batches(model: Any, batches: Iterable[list[ReadExample]], *, tokenizer: Any,
                   model_config: Any, device: torch.device,
-                  autocast: contextlib.AbstractContextManager | None = None
-                  ) -> dict[str, SegmentationMeter]:
-    """Meters keyed "<model|empty_mask|whole_image>/<all|present>" over every [SEG] row."""
+                  autocast: contextlib.AbstractContextManager | None = None,
+                  lockstep: bool = False) -> dict[str, SegmentationMeter]:
+    """Meters keyed "<model|empty_mask|whole_image>/<all|present>" over every [SEG] row.
+
+    `lockstep=True` (a sharded model: every forward is a collective) keeps all ranks calling the
+    model equally often; a rank whose share ran out scores filler batches that are not counted.
+    """
     meters = new_meters()
+    stream = _in_lockstep(batches, device) if lockstep else ((b, True) for b in batches)
     with torch.no_grad():
-        for examples in batches:
+        for examples, counted in stream:
             batch = collate_train(examples, tokenizer, model_config,
                                   model.num_image_tokens).to(device)
             with autocast or contextlib.nullcontext():
                 scored = model.score_teacher_forced(batch)
+            if not counted:
+                continue
             for pred, gt, ignore in zip(scored.masks, batch.gt_masks, batch.ignore_masks,
                                         strict=True):
                 target = (gt > 0.5).to(torch.uint8)
@@ -51,6 +59,32 @@ def score_batches(model: Any, batches: Iterable[list[ReadExample]], *, tokenizer
                     meters[f"{who}/all"].update(inter, union)
                     meters[f"{who}/present"].update(inter[present], union[present])
     return meters
+
+
+def _in_lockstep(batches: Iterable[list[ReadExample]],
+                 device: torch.device) -> Iterator[tuple[list[ReadExample], bool]]:
+    """(examples, counted) until no rank has a batch left; one all-reduce per batch."""
+    iterator = iter(batches)
+    filler: list[ReadExample] | None = None
+    while True:
+        examples = next(iterator, None)
+        pending = torch.tensor([int(examples is not None)], device=device)
+        dist.all_reduce(pending, op=dist.ReduceOp.MAX)
+        if not int(pending.item()):
+            return
+        if examples is not None:
+            filler = examples
+            yield examples, True
+        else:
+            yield filler or [_filler_example()], False
+
+
+def _filler_example() -> ReadExample:
+    """A blank image with one [SEG] question, for a rank that had no validation sample at all."""
+    side = 32
+    return ReadExample(image=np.zeros((side, side, 3), dtype=np.uint8),
+                       conversations=[("<image>\nWhere is it?", "It is [SEG].")],
+                       masks=[np.zeros((side, side), dtype=np.uint8)])
 
 
 def merge_across_ranks(meters: dict[str, SegmentationMeter],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -50,7 +51,6 @@ INVALID = [
     ("eval.num_actors=0", "eval.num_actors"),
     ("train.batch_size=0", "train.batch_size"),
     ("eval.batch_size=0", "eval.batch_size"),
-    ("train.strategy=fsdp", "train.strategy"),  # FSDP without GPUs
 ]
 
 # Entry points whose options map to a config key (the rest of INVALID does not apply to them).
@@ -64,6 +64,7 @@ SASP_BENCH_FLAGS = {"model.sasp.num_points": ["--points", "0"]}
 def _bench(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
     spec.loader.exec_module(module)
     return module
 

@@ -15,8 +15,10 @@ from pipelines.training import preflight
 from pipelines.training.checkpointing import (
     RankProgress,
     checkpoint_step,
+    derived_seed,
     load_training_state,
     save_training_state,
+    seed_everything,
 )
 from pipelines.training.optim import build_optimizer, build_scheduler, warmup_decay_factor
 from read_model.config import ConfigError
@@ -104,13 +106,32 @@ def test_checkpoint_round_trip_restores_everything(tmp_path):
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected_draws
 
 
-def test_checkpoint_refuses_another_world_size(tmp_path):
+def test_resume_with_another_world_size_rederives_rng(tmp_path):
+    """2 -> 1 worker: weights, optimizer and schedule load whole; RNG comes from (seed, step, rank)."""
     model, optimizer, scheduler = _tiny_training_objects(0)
-    save_training_state(tmp_path, rank=0, model=model, optimizer=optimizer, scheduler=scheduler,
-                        progress=RankProgress(step=1, world_size=2))
-    with pytest.raises(ValueError, match=r"scaling\.num_workers=2"):
-        load_training_state(tmp_path, rank=0, world_size=1, model=model, optimizer=optimizer,
-                            scheduler=scheduler)
+    model(torch.randn(5, 4)).pow(2).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    for rank in (0, 1):
+        save_training_state(tmp_path, rank=rank, model=model, optimizer=optimizer,
+                            scheduler=scheduler,
+                            progress=RankProgress(step=1, samples_seen=4, world_size=2,
+                                                  extra={"stream": {"rank": rank}}))
+    draws = []
+    for _ in range(2):
+        fresh, fresh_optimizer, fresh_scheduler = _tiny_training_objects(1)
+        restored = load_training_state(tmp_path, rank=0, world_size=1, model=fresh,
+                                       optimizer=fresh_optimizer, scheduler=fresh_scheduler,
+                                       seed=42)
+        draws.append((random.random(), float(np.random.rand()), float(torch.rand(1))))
+        assert torch.equal(fresh[1].weight, model[1].weight)
+        assert fresh_scheduler.last_epoch == 1
+        assert (restored.step, restored.samples_seen, restored.world_size) == (1, 4, 2)
+        assert "stream" not in restored.extra  # no rank's own position when the layout changed
+        assert {r: d["extra"]["stream"]["rank"]
+                for r, d in restored.extra["saved_data"].items()} == {0: 0, 1: 1}
+    seed_everything(derived_seed(42, 1, 0))
+    assert draws[0] == draws[1] == (random.random(), float(np.random.rand()), float(torch.rand(1)))
 
 
 def test_preflight_names_missing_shards(tmp_path):
@@ -131,8 +152,14 @@ def test_gpu_request_on_a_cpu_cluster_is_refused_early():
     config = load_job_config(CONFIGS / "read-7b.yaml")
     with pytest.raises(preflight.PreflightError, match="asks for 8 GPUs"):
         preflight.check_cluster_gpus(config, {"CPU": 2.0})
-    with pytest.raises(ConfigError, match=r"train\.strategy='fsdp' needs GPUs"):
-        load_job_config(CONFIGS / "tiny.yaml", ["train.strategy=fsdp"])
+
+
+
+def test_fsdp_is_allowed_on_cpu_but_not_with_fp16():
+    load_job_config(CONFIGS / "tiny.yaml", ["train.strategy=fsdp"])  # gloo, as DDP on CPUs
+    with pytest.raises(ConfigError, match=r"train\.precision='fp16'"):
+        load_job_config(CONFIGS / "tiny.yaml",
+                        ["train.strategy=fsdp", "train.precision=fp16", "scaling.num_workers=2"])
 
 
 def test_cli_exits_with_a_clear_message(tmp_path, capsys):

@@ -100,6 +100,26 @@ def test_forward_backward_losses_and_gradients(tiny: ReadModel, batch) -> None:
     tiny.zero_grad()
 
 
+def test_a_batch_without_seg_still_reaches_every_mask_path_parameter() -> None:
+    """False premises only: no mask is predicted, yet every trainable parameter of the mask path
+    (and SAM's image encoder when it trains) gets a gradient of exactly zero, so sharded ranks
+    run the same backward (an FSDP2 rank without one would wait forever for the others)."""
+    model = _build()
+    model.sam.image_encoder.requires_grad_(True)
+    image = np.full((40, 50, 3), 90, np.uint8)
+    examples = [ReadExample(image, [("<image>\nWhere is the star?", "There is no star here.")],
+                            [None])]
+    batch = collate_train(examples, model.tokenizer, model.config, model.num_image_tokens)
+    out = model(batch)
+    assert all(m.shape[0] == 0 for m in out.mask_logits)
+    out.losses.total.backward()
+    mask_path = [model.projection, model.sam.prompt_encoder, model.sam.mask_decoder,
+                 model.sam.image_encoder]
+    grads = [p.grad for m in mask_path for p in m.parameters() if p.requires_grad]
+    assert grads and all(g is not None and not g.any() for g in grads)
+    assert torch.isclose(out.losses.total, out.losses.ce)  # the added term is zero
+
+
 def test_upstream_trainable_set() -> None:
     """Default trainable settings: LoRA on the LLM q/v only, plus the four fully trained parts."""
     from read_model.config import TrainableConfig
@@ -380,3 +400,21 @@ def test_rows_with_a_wrong_number_of_image_placeholders_fail_clearly(
     broken.input_ids[0, first_image_position] = tiny.token_ids.pad
     with pytest.raises(ValueError, match="<image> placeholders"):
         tiny(broken)
+
+
+def test_answer_cross_entropy_equals_the_full_logits_loss():
+    from read_model.model import IGNORE_INDEX, answer_cross_entropy, shifted_cross_entropy
+
+    generator = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(8, 11)
+    hidden = torch.randn(3, 6, 8, generator=generator, requires_grad=True)
+    labels = torch.randint(0, 11, (3, 6), generator=generator)
+    labels[0, :4] = IGNORE_INDEX
+    labels[2] = IGNORE_INDEX  # a row without any answer token
+    full = shifted_cross_entropy(head(hidden), labels)
+    answers = answer_cross_entropy(hidden, labels, head)
+    torch.testing.assert_close(answers, full)
+    full_grad = torch.autograd.grad(full, hidden)[0]
+    torch.testing.assert_close(torch.autograd.grad(answers, hidden)[0], full_grad)
+    nothing = torch.full_like(labels, IGNORE_INDEX)
+    assert float(answer_cross_entropy(hidden, nothing, head)) == 0.0
