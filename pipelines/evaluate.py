@@ -43,7 +43,7 @@ from pipelines.evaluation.scoring import (
 )
 from pipelines.ray_runtime import ensure_ray
 from pipelines.submitted_job import refuse_relative_paths
-from read_model.config import ConfigError
+from read_model.config import ConfigError, to_dict
 
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # a key=value override, never a path
@@ -102,14 +102,21 @@ class ScoringActor:
     """One model replica: decodes a block of shard rows and scores every query in it."""
 
     def __init__(self, model_uri: str, tracking_uri: str, options: dict[str, Any], output: str,
-                 cpus: float) -> None:
+                 cpus: float, weights: dict[str, Any] | None = None) -> None:
         import torch
 
+        from pipelines.config import WeightsConfig
         from pipelines.evaluation.query_scoring import QueryScorer, ScoringOptions
-        from pipelines.registry import load_registered
+        from pipelines.registry import download_registered
+        from pipelines.weights import provision_model_dir
+        from read_model.checkpoint import load_model_dir
+        from read_model.config import from_dict
 
         torch.set_num_threads(max(1, int(cpus)))
-        model, _, _ = load_registered(model_uri, tracking_uri=tracking_uri)
+        local = download_registered(model_uri, tracking_uri=tracking_uri)
+        # The base weights the registered model was trained on, on this node (copied once).
+        provision_model_dir(local, from_dict(WeightsConfig, weights or {}, "weights"))
+        model, _, _ = load_model_dir(local)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.output = output
         self.scorer = QueryScorer(model.to(device), ScoringOptions(**options), self._write_overlay)
@@ -192,14 +199,18 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run one evaluation; returns a JSON-friendly summary (run id, version, metrics, tables).
 
-    `tag_version` records the pooled metrics on the model version (``read.eval.<metric>`` tags),
-    the evidence champion promotion compares; only the workflow's own evaluation sets it, so an
-    ad-hoc evaluation on other data never changes what promotion sees.
+    `tag_version` records the pooled metrics on the model version (``read.eval.<metric>`` tags)
+    with their basis (the content hash of every shard set scored, the protocol and modes) and
+    this run's id: the evidence champion promotion compares, and only between versions with the
+    same basis. Only the workflow's own evaluation sets it, so an ad-hoc evaluation on other data
+    never changes what promotion sees.
     """
     from mlflow.entities import RunStatus
     from mlflow.tracking import MlflowClient
 
-    from pipelines.champion import record_version_metrics
+    from pipelines.champion import EvaluationBasis, record_version_metrics
+    from pipelines.cluster_capacity import evaluation_request
+    from pipelines.cluster_checks import check_cluster
     from pipelines.streaming import ShardSource, ray_dataset
     from pipelines.tracking import ensure_experiment, resolve_tracking_uri
 
@@ -236,6 +247,8 @@ def evaluate(
         options["overlay_fraction"] = min(1.0, 2.0 * settings.num_overlays / max(total_queries, 1))
 
         ensure_ray()
+        # Actors that can never fit are refused; GPU nodes that scale from zero are waited for.
+        check_cluster(config, evaluation_request(config), weights=False)
         import ray.data
 
         # Bars redraw in place on a terminal; forwarded from a Ray task they become log spam.
@@ -247,7 +260,8 @@ def evaluate(
             ScoringActor,
             fn_constructor_kwargs={"model_uri": pinned, "tracking_uri": tracking_uri,
                                    "options": options, "output": output,
-                                   "cpus": settings.cpus_per_actor},
+                                   "cpus": settings.cpus_per_actor,
+                                   "weights": to_dict(config.weights)},
             batch_size=settings.batch_size,
             concurrency=settings.num_actors,
             batch_format="numpy",
@@ -259,7 +273,11 @@ def evaluate(
             summary["baselines"] = _baselines(client, run_id, sources, settings.batch_size)
         if tag_version:
             pooled = {k: v for k, v in summary["metrics"].items() if "." not in k}
-            record_version_metrics(client, name, version, pooled)
+            basis = EvaluationBasis(
+                {f"{s.dataset}/{s.split}": s.content_hash for s in sources},
+                settings.protocol, tuple(settings.modes))
+            record_version_metrics(client, name, version, pooled, basis=basis, run_id=run_id)
+            summary["basis"] = {"fingerprint": basis.fingerprint(), "data": basis.describe()}
     except BaseException:
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
@@ -372,11 +390,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """Exit code 2 with a one-line message when the job cannot start."""
+    from pipelines.cluster_checks import ClusterCheckError
     from pipelines.streaming import StreamError
 
     try:
         main(argv)
-    except (ConfigError, EvaluationError, StreamError, storage.StorageError) as error:
+    except (ConfigError, EvaluationError, StreamError, storage.StorageError,
+            ClusterCheckError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

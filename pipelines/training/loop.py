@@ -30,6 +30,7 @@ from pipelines.training.checkpointing import RankProgress, load_training_state, 
 from pipelines.training.data import TrainExamples, validation_batches
 from pipelines.training.optim import build_optimizer, build_scheduler
 from pipelines.training.validation import merge_across_ranks, score_batches, summary
+from pipelines.weights import provision
 from read_model.config import from_dict
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if isinstance(device, list):
         device = device[0]
 
+    provision(config.model, config.weights)  # base weights on this node (copied once per node)
     model, tokenizer = build_model(config.model)
     optimizer = build_optimizer(model.parameters(), config.train)
     scheduler = build_scheduler(optimizer, config.train)
