@@ -221,15 +221,36 @@ def node_types_from_autoscaling_config(config: dict[str, Any]) -> tuple[NodeType
     return tuple(types)
 
 
-def node_types_from_raycluster(raycluster: dict[str, Any]) -> tuple[NodeType, ...] | None:
-    """Worker node types of a KubeRay RayCluster resource, as Ray's KubeRay autoscaler sees them."""
+def raycluster_autoscaling_config(raycluster: dict[str, Any]) -> dict[str, Any]:
+    """The autoscaler config Ray's KubeRay autoscaler derives from a RayCluster resource."""
     from ray.autoscaler._private.kuberay.autoscaling_config import (
         _derive_autoscaling_config_from_ray_cr,
     )
 
     config = _derive_autoscaling_config_from_ray_cr(raycluster)
-    config = {**config, "head_node_type": config.get("head_node_type", HEAD_GROUP)}
-    return node_types_from_autoscaling_config(config)
+    return {**config, "head_node_type": config.get("head_node_type", HEAD_GROUP)}
+
+
+def node_types_from_raycluster(raycluster: dict[str, Any]) -> tuple[NodeType, ...] | None:
+    """Worker node types of a KubeRay RayCluster resource, as Ray's KubeRay autoscaler sees them."""
+    return node_types_from_autoscaling_config(raycluster_autoscaling_config(raycluster))
+
+
+def capacity_at_start(config: dict[str, Any]) -> Capacity:
+    """A cluster of an autoscaler config as it starts: the head and each type's min_workers up,
+    the rest of each type's max_workers still to add."""
+    head = config.get("head_node_type")
+    nodes: list[dict[str, float]] = []
+    types = []
+    for name, spec in (config.get("available_node_types") or {}).items():
+        resources = {k: float(v) for k, v in (spec.get("resources") or {}).items()}
+        if name == head:
+            nodes.append(resources)
+            continue
+        low, high = int(spec.get("min_workers", 0)), int(spec.get("max_workers", -1))
+        nodes += [dict(resources) for _ in range(low)]
+        types.append(NodeType(name, resources, high - low if high >= 0 else -1))
+    return Capacity(tuple(nodes), tuple(types), True, "the cluster's autoscaler config")
 
 
 def _from_gcs() -> tuple[NodeType, ...] | None:

@@ -355,7 +355,9 @@ def refuse_model_overrides(overrides: Sequence[str]) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="models:/<name>@<alias> or models:/<name>/<N>")
+    parser.add_argument("--model", required=True,
+                        help="models:/<name>@<alias>, models:/<name>/<N>, or @<alias> for the "
+                             "config's mlflow.registered_model (e.g. @candidate)")
     parser.add_argument("--data", nargs="+", required=True, help="shard folders (<root>/<dataset>/<split>)")
     parser.add_argument("--protocol", choices=("teacher_forced", "generate"))
     parser.add_argument("--modes", nargs="+", help="segmentation siou points_only")
@@ -382,7 +384,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     config = load_job_config(args.config, overrides)
     check_job_paths(config, ("eval",))
     refuse_relative_paths({f"--data[{i}]": path for i, path in enumerate(data)})
-    summary = evaluate(config, args.model, data, tag_version=args.tag_version)
+    model = args.model
+    if model.startswith("@"):  # an alias of the model the preset trains and registers
+        model = f"models:/{config.mlflow.registered_model}{model}"
+    summary = evaluate(config, model, data, tag_version=args.tag_version)
     print(summary["markdown"])
     print(json.dumps({k: v for k, v in summary.items() if k != "markdown"}), flush=True)
     return summary
