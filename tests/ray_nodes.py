@@ -32,9 +32,9 @@ RAY_BIN = Path(sys.executable).parent / "ray"
 NODE_CPUS = 1
 OBJECT_STORE_BYTES = 200 * 2**20
 NODE_START_TIMEOUT_S = 240.0
-# `ray start` gives its raylet a fixed window to register; on a loaded 2-core machine that can
+# `ray start` gives its raylet a fixed 30 s to register; on a loaded 2-core machine that can
 # pass, so a node that exits during start-up is started again (fresh temp dir and ports).
-NODE_START_ATTEMPTS = 3
+NODE_START_ATTEMPTS = 4
 READY_LINE = b"block forever"  # what `ray start --block` prints once the node is up
 CLUSTER_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
                "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",

@@ -14,6 +14,8 @@
 #   READ_PRESET    preset, relative to the repository root (default configs/read-7b.yaml): it
 #                  decides the model, the data, the workers and the registered model's name
 #   READ_RAW       upstream dataset folders on the head (default /data/raw, synced from S3)
+#   READ_TRAIN_ARGS  extra key=value overrides for the training step (default: none), e.g.
+#                  "train.max_steps=2000 train.run_name=read-7b-short"
 #   READ_JOB_ENV   names of variables of this shell to send with every job (default: none), e.g.
 #                  "MLFLOW_TRACKING_URI" to use another MLflow server than the nodes'. Settings
 #                  only: credentials stay on the nodes (instance profile, /etc/read/node.env).
@@ -27,6 +29,7 @@ preset="${READ_PRESET:-configs/read-7b.yaml}"
 raw="${READ_RAW:-/data/raw}"
 export RAY_ADDRESS="${RAY_ADDRESS:-http://127.0.0.1:8265}"
 root="s3://${READ_BUCKET}"
+read -r -a train_args <<< "${READ_TRAIN_ARGS:-}"  # split on blanks, never globbed
 # Every dataset a preset of this repository trains or evaluates on (tests/infra check this list).
 datasets=(reason_seg refcoco refcoco+ refcocog fprefcoco)
 # shellcheck disable=SC2086
@@ -49,7 +52,8 @@ submit python pipelines/build_shards.py --dataset-root "${raw}" --out "${root}/s
 submit python pipelines/train.py --config "${preset}" \
   data.shards="${root}/shards" \
   train.storage_path="${root}/ray_results" \
-  weights.store="${root}/weights"
+  weights.store="${root}/weights" \
+  "${train_args[@]}"
 
 # 3. Evaluation of the new version on the validation splits, one GPU per model actor; its
 #    metrics and the data they were computed on are recorded on the version (--tag-version).
