@@ -64,6 +64,9 @@ class ScalingConfig:
     gpus_per_worker: float = 1.0
     resources_per_worker: dict[str, float] = field(default_factory=dict)
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"] = "PACK"
+    # How long start-up waits for the cluster (its autoscaler) to provide the workers' (and
+    # evaluation actors') resources before refusing; 0 = only what is free right now.
+    wait_for_workers_s: float = 900.0
 
 
 @dataclass
@@ -120,6 +123,22 @@ class EvalConfig:
 
 
 @dataclass
+class WeightsConfig:
+    """Where the base weights the model section names come from (pipelines/weights.py).
+
+    `model.llava.path`, `model.sam.checkpoint` and `model.tokenizer.path` name node-local
+    locations (e.g. /models/llava-1.5-7b-hf). With a `store` (a folder or s3:// URL filled by
+    `read-fetch-weights`, checksums in its manifest.json) each node copies what it lacks from
+    there into those locations once; without one the paths are read as they are.
+    """
+
+    store: str = ""
+    # weight name (the path's last component) -> where read-fetch-weights gets it:
+    # hf://<repo>@<revision>, https://..., a folder or an s3:// URL
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class MlflowConfig:
     """Tracking and registry; the URI defaults to MLFLOW_TRACKING_URI or a local store."""
 
@@ -152,6 +171,7 @@ class JobConfig:
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    weights: WeightsConfig = field(default_factory=WeightsConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     workflow: WorkflowConfig = field(default_factory=WorkflowConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
@@ -203,6 +223,7 @@ def local_paths(config: JobConfig) -> dict[str, str]:
         "eval.output": config.eval.output,
         "workflow.workdir": config.workflow.workdir,
         "workflow.dataset_root": config.workflow.dataset_root,
+        "weights.store": config.weights.store,
         "model.llava.path": model.llava.path,
         "model.sam.checkpoint": model.sam.checkpoint,
         "model.tokenizer.path": model.tokenizer.path,

@@ -21,6 +21,7 @@ def job_problems(config: JobConfig, problems: Problems) -> None:
     _scaling(config, problems)
     _train(config, problems)
     _eval(config, problems)
+    _weights(config, problems)
     _mlflow_and_workflow(config, problems)
     serve_problems(config.serve, problems)
 
@@ -62,6 +63,8 @@ def _scaling(config: JobConfig, problems: Problems) -> None:
                 "must be > 0 when scaling.use_gpu")
     for name, amount in scaling.resources_per_worker.items():
         require(amount >= 0, f"scaling.resources_per_worker.{name}", amount, "must be >= 0")
+    require(scaling.wait_for_workers_s >= 0, "scaling.wait_for_workers_s",
+            scaling.wait_for_workers_s, "must be >= 0 (seconds; 0 = do not wait)")
 
 
 def _train(config: JobConfig, problems: Problems) -> None:
@@ -107,6 +110,18 @@ def _eval(config: JobConfig, problems: Problems) -> None:
     if settings.use_gpu:
         require(settings.gpus_per_actor > 0, "eval.gpus_per_actor", settings.gpus_per_actor,
                 "must be > 0 when eval.use_gpu")
+
+
+def _weights(config: JobConfig, problems: Problems) -> None:
+    """With a store, every weight path is the node-local place it is copied to."""
+    from pipelines.weights import weight_paths
+
+    if not config.weights.store:
+        return
+    for key, path in weight_paths(config.model).items():
+        problems.require(path.startswith("/"), key, path,
+                         "must be an absolute local path when weights.store is set (the "
+                         "node-local place each node copies the stored weights to)")
 
 
 def _mlflow_and_workflow(config: JobConfig, problems: Problems) -> None:

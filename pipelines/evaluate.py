@@ -49,7 +49,7 @@ from pipelines.evaluation.scoring import (
 from pipelines.integrity import IntegrityReport
 from pipelines.ray_runtime import ensure_ray
 from pipelines.submitted_job import refuse_relative_paths
-from read_model.config import ConfigError
+from read_model.config import ConfigError, to_dict
 
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # a key=value override, never a path
@@ -135,14 +135,21 @@ class ScoringActor:
     """One model replica: decodes a block of shard rows and scores every query in it."""
 
     def __init__(self, model_uri: str, tracking_uri: str, options: dict[str, Any], output: str,
-                 cpus: float) -> None:
+                 cpus: float, weights: dict[str, Any] | None = None) -> None:
         import torch
 
+        from pipelines.config import WeightsConfig
         from pipelines.evaluation.query_scoring import QueryScorer, ScoringOptions
-        from pipelines.registry import load_registered
+        from pipelines.registry import download_registered
+        from pipelines.weights import provision_model_dir
+        from read_model.checkpoint import load_model_dir
+        from read_model.config import from_dict
 
         torch.set_num_threads(max(1, int(cpus)))
-        model, _, _ = load_registered(model_uri, tracking_uri=tracking_uri)
+        local = download_registered(model_uri, tracking_uri=tracking_uri)
+        # The base weights the registered model was trained on, on this node (copied once).
+        provision_model_dir(local, from_dict(WeightsConfig, weights or {}, "weights"))
+        model, _, _ = load_model_dir(local)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.output = output
         self.scorer = QueryScorer(model.to(device), ScoringOptions(**options), self._write_overlay)
@@ -254,14 +261,18 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run one evaluation; returns a JSON-friendly summary (run id, version, metrics, tables).
 
-    `tag_version` records the pooled metrics on the model version (``read.eval.<metric>`` tags),
-    the evidence champion promotion compares; only the workflow's own evaluation sets it, so an
-    ad-hoc evaluation on other data never changes what promotion sees.
+    `tag_version` records the pooled metrics on the model version (``read.eval.<metric>`` tags)
+    with their basis (the content hash of every shard set scored, the protocol and modes) and
+    this run's id: the evidence champion promotion compares, and only between versions with the
+    same basis. Only the workflow's own evaluation sets it, so an ad-hoc evaluation on other data
+    never changes what promotion sees.
     """
     from mlflow.entities import RunStatus
     from mlflow.tracking import MlflowClient
 
-    from pipelines.champion import record_version_metrics
+    from pipelines.champion import EvaluationBasis, record_version_metrics
+    from pipelines.cluster_capacity import evaluation_request
+    from pipelines.cluster_checks import check_cluster
     from pipelines.ingestion.ray_rows import ray_dataset
     from pipelines.integrity import apply_policy, resolve_policy
     from pipelines.tracking import ensure_experiment, resolve_tracking_uri
@@ -314,6 +325,8 @@ def evaluate(
         options["overlay_fraction"] = min(1.0, 2.0 * settings.num_overlays / max(total_queries, 1))
 
         ensure_ray()
+        # Actors that can never fit are refused; GPU nodes that scale from zero are waited for.
+        check_cluster(config, evaluation_request(config), weights=False)
         import ray.data
 
         # Bars redraw in place on a terminal; forwarded from a Ray task they become log spam.
@@ -325,7 +338,8 @@ def evaluate(
             ScoringActor,
             fn_constructor_kwargs={"model_uri": pinned, "tracking_uri": tracking_uri,
                                    "options": options, "output": output,
-                                   "cpus": settings.cpus_per_actor},
+                                   "cpus": settings.cpus_per_actor,
+                                   "weights": to_dict(config.weights)},
             batch_size=settings.batch_size,
             concurrency=settings.num_actors,
             batch_format="numpy",
@@ -345,7 +359,11 @@ def evaluate(
                                               total_queries)
         if tag_version:
             pooled = {k: v for k, v in summary["metrics"].items() if "." not in k}
-            record_version_metrics(client, name, version, pooled)
+            basis = EvaluationBasis(
+                {s.name: s.manifest.content_hash for s in sources},
+                settings.protocol, tuple(settings.modes))
+            record_version_metrics(client, name, version, pooled, basis=basis, run_id=run_id)
+            summary["basis"] = {"fingerprint": basis.fingerprint(), "data": basis.describe()}
     except BaseException:
         client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
@@ -425,7 +443,9 @@ def refuse_model_overrides(overrides: Sequence[str]) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="models:/<name>@<alias> or models:/<name>/<N>")
+    parser.add_argument("--model", required=True,
+                        help="models:/<name>@<alias>, models:/<name>/<N>, or @<alias> for the "
+                             "config's mlflow.registered_model (e.g. @candidate)")
     parser.add_argument("--data", nargs="+", default=[],
                         help="<dataset>/<split> names under data.shards (default: data.val)")
     parser.add_argument("--protocol", choices=("teacher_forced", "generate"))
@@ -453,7 +473,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     config = load_job_config(args.config, overrides)
     check_job_paths(config, ("eval",))
     refuse_relative_paths({f"--data[{i}]": path for i, path in enumerate(data)})
-    summary = evaluate(config, args.model, data, tag_version=args.tag_version)
+    model = args.model
+    if model.startswith("@"):  # an alias of the model the preset trains and registers
+        model = f"models:/{config.mlflow.registered_model}{model}"
+    summary = evaluate(config, model, data, tag_version=args.tag_version)
     print(summary["markdown"])
     print(json.dumps({k: v for k, v in summary.items() if k != "markdown"}), flush=True)
     return summary
@@ -461,12 +484,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """Exit code 2 with a one-line message when the job cannot start."""
+    from pipelines.cluster_checks import ClusterCheckError
     from pipelines.integrity import DamagedShardError
     from pipelines.shard_sets import ShardSetError
 
     try:
         main(argv)
-    except (ConfigError, EvaluationError, ShardSetError, storage.StorageError) as error:
+    except (ConfigError, EvaluationError, ShardSetError, storage.StorageError,
+            ClusterCheckError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except DamagedShardError as error:

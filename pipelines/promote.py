@@ -4,8 +4,10 @@
 
 The last step of the workflow when its steps run as separate jobs (e.g. one RayJob each on
 Kubernetes): the version the alias names (default `candidate`, set by train.py) is compared on
-`mlflow.champion_metric` with the current champion, using the metrics evaluate.py recorded on each
-version. Ties, and versions never evaluated, leave the champion where it is.
+`mlflow.champion_metric` with the current champion, using the metrics `read-evaluate
+--tag-version` recorded on each version. Ties, and versions never evaluated, leave the champion
+where it is (exit 0). Metrics computed on different evaluation data (or protocol) are never
+compared: that refusal exits with code 2 and says which evaluation to run.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import argparse
 import json
 import sys
 
-from pipelines.champion import promote_if_better
+from pipelines.champion import PromotionRefused, promote_if_better
 from pipelines.config import load_job_config
 from pipelines.registry import CANDIDATE_ALIAS
 from pipelines.tracking import resolve_tracking_uri
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 def cli(argv: list[str] | None = None) -> int:
     try:
         main(argv)
-    except ConfigError as error:
+    except (ConfigError, PromotionRefused) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -5,6 +5,17 @@
   cluster) with a bounded object store, the dashboard (without it Ray Train floods the log with
   controller-state query failures), and the project importable by its workers.
 
+Inside a job submitted with ``ray job submit --runtime-env-json '{"env_vars": {...}}'`` the
+driver's own runtime env is merged with the job's: Ray refuses a ``ray.init`` whose env_vars
+name a key the job already sets, so only the settings the job lacks are added (the job's values
+win, and reach the workers).
+
+Only settings travel in runtime envs (where S3 and MLflow are, thread counts); credentials never
+do. Workers find them where the node keeps them: the AWS default credential chain (instance
+profile, IRSA web identity, the node's environment) and the MLflow variables the cluster sets on
+every node (a Kubernetes Secret, an env file on EC2). Runtime envs are shown by the dashboard,
+the job API and the state API, and written to the session logs.
+
 Ray rewrites ``127.0.0.1``/``localhost`` node addresses to the machine's routable address. Set
 ``READ_RAY_NODE_IP`` to another loopback address (the test suite uses 127.0.0.2) to keep every
 socket of a local Ray, dashboard included, on loopback.
@@ -19,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import storage
+from pipelines.submitted_job import submitted_runtime_env
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NODE_IP_VARIABLE = "READ_RAY_NODE_IP"
@@ -30,22 +42,49 @@ WORKER_ENV = {
     "TRANSFORMERS_OFFLINE": "1",
     "MLFLOW_DISABLE_TELEMETRY": "true",
 }
+# Settings a driver may have that workers started earlier lack; never credentials.
 FORWARDED_VARIABLES = (
     "MLFLOW_TRACKING_URI",
     "MLFLOW_S3_ENDPOINT_URL",
+    NODE_IP_VARIABLE,
+    "READ_TEST_FAIL_ONCE",  # fault injection of the resume tests (pipelines/training/loop.py)
+)
+# What must never be copied into a runtime env, a job config, MLflow params or logs.
+SECRET_VARIABLES = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
     "MLFLOW_TRACKING_USERNAME",
     "MLFLOW_TRACKING_PASSWORD",
     "MLFLOW_TRACKING_TOKEN",
-    NODE_IP_VARIABLE,
-    "READ_TEST_FAIL_ONCE",  # fault injection of the resume tests (pipelines/training/loop.py)
+    "RAY_AUTH_TOKEN",
 )
 UPLOAD_EXCLUDES = [".git", "artifacts", "mlruns", "*.tar", "*.safetensors", "*.pth", "**/__pycache__"]
 
 
 def worker_environment() -> dict[str, str]:
-    """Variables workers need that a driver may have set after Ray started (S3, MLflow)."""
+    """Settings workers need that a driver may have set after Ray started (S3, MLflow)."""
     forwarded = {name: os.environ[name] for name in FORWARDED_VARIABLES if os.environ.get(name)}
     return {**WORKER_ENV, **storage.aws_environment(), **forwarded}
+
+
+def joined_runtime_env(job_runtime_env: dict[str, Any] | None, *,
+                       upload_working_dir: bool) -> dict[str, Any]:
+    """The runtime env a driver joining a cluster passes to ``ray.init``.
+
+    Inside a submitted job (`job_runtime_env` is its runtime env) only the env vars the job does
+    not set are added, so Ray's merge never meets a conflict and the job's values win; its
+    working_dir is already the job's. Outside a job the checkout can be uploaded.
+    """
+    env = worker_environment()
+    if job_runtime_env is not None:
+        own = job_runtime_env.get("env_vars") or {}
+        missing = {name: value for name, value in env.items() if name not in own}
+        return {"env_vars": missing} if missing else {}
+    runtime_env: dict[str, Any] = {"env_vars": env}
+    if upload_working_dir:
+        runtime_env.update(working_dir=str(REPO_ROOT), excludes=UPLOAD_EXCLUDES)
+    return runtime_env
 
 
 def ensure_ray(*, upload_working_dir: bool = False, log_to_driver: bool = True,
@@ -61,13 +100,13 @@ def ensure_ray(*, upload_working_dir: bool = False, log_to_driver: bool = True,
     if ray.is_initialized():
         return
     level = logging.WARNING if quiet else logging.INFO
-    env = worker_environment()
     if os.environ.get("RAY_ADDRESS"):
-        runtime_env: dict[str, Any] = {"env_vars": env}
-        if upload_working_dir and not os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
-            runtime_env.update(working_dir=str(REPO_ROOT), excludes=UPLOAD_EXCLUDES)
-        ray.init(runtime_env=runtime_env, log_to_driver=log_to_driver, logging_level=level)
+        runtime_env = joined_runtime_env(submitted_runtime_env(),
+                                         upload_working_dir=upload_working_dir)
+        ray.init(runtime_env=runtime_env or None, log_to_driver=log_to_driver,
+                 logging_level=level)
         return
+    env = worker_environment()
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p
     )

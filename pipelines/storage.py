@@ -5,15 +5,20 @@ Shards, manifests and checkpoints live either on a local disk (a laptop, CI) or 
 writes are atomic (a reader never sees half a file), listings are flat, and an unreachable
 endpoint or a missing bucket is reported before a long job starts (`check_reachable`).
 
-S3 is reached through `pyarrow.fs.S3FileSystem` (the same client Ray Data uses); the endpoint,
-region and keys come from the standard AWS variables (`AWS_ENDPOINT_URL_S3` or
-`AWS_ENDPOINT_URL`, `AWS_REGION` / `AWS_DEFAULT_REGION`, `AWS_ACCESS_KEY_ID`, ...).
+S3 is reached through `pyarrow.fs.S3FileSystem` (the same client Ray Data uses). The endpoint and
+region come from the standard AWS variables (`AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`,
+`AWS_REGION` / `AWS_DEFAULT_REGION`). Credentials are never read here: the client uses the AWS
+default credential chain of the process that opens a file (environment, profile, web identity
+(IRSA), instance profile), which refreshes temporary credentials as they rotate. A client built
+on the driver and pickled to a worker therefore carries no keys; the worker uses its node's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -22,14 +27,12 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 
 S3_SCHEME = "s3://"
+# Where S3 is, never who you are: these settings may travel with a job; credentials may not.
 AWS_ENV_VARS = (
     "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_S3",
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
 )
 DEFAULT_REGION = "us-east-1"
 TMP_MARKER = ".tmp-"  # local temporary files are "<name>.tmp-<random>"; strays are safe to delete
@@ -61,12 +64,12 @@ def join(base: str, *parts: str) -> str:
 
 
 def aws_environment() -> dict[str, str]:
-    """The AWS variables set in this process, to forward to Ray workers started earlier."""
+    """The S3 endpoint/region variables set here, to forward to Ray workers (no credentials)."""
     return {name: os.environ[name] for name in AWS_ENV_VARS if os.environ.get(name)}
 
 
 def s3_filesystem(*, connect_timeout: float = 5.0, max_attempts: int = 3) -> pafs.S3FileSystem:
-    """An S3 client configured from the AWS variables (explicit values, so it pickles to workers)."""
+    """An S3 client for the configured endpoint that resolves credentials where it is used."""
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     kwargs: dict = {
         "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION,
@@ -78,10 +81,6 @@ def s3_filesystem(*, connect_timeout: float = 5.0, max_attempts: int = 3) -> paf
         parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
         kwargs["scheme"] = parsed.scheme
         kwargs["endpoint_override"] = parsed.netloc
-    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
-    if key and secret:
-        kwargs.update(access_key=key, secret_key=secret,
-                      session_token=os.environ.get("AWS_SESSION_TOKEN"))
     return pafs.S3FileSystem(**kwargs)
 
 
@@ -125,6 +124,34 @@ def write_bytes(url: str, data: bytes) -> None:
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def open_output(url: str) -> Iterator[IO[bytes]]:
+    """A stream for a large file (written in pieces); it exists under `url` only if the block
+    ends without an error (a local temp name then a rename; on S3 a failed upload is deleted)."""
+    if is_s3(url):
+        fs, path = s3_filesystem(), _s3_path(url)
+        stream = fs.open_output_stream(path)
+        try:
+            yield stream
+        except BaseException:
+            stream.close()
+            fs.delete_file(path)
+            raise
+        stream.close()
+        return
+    path = Path(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}{TMP_MARKER}{uuid.uuid4().hex[:12]}")
+    try:
+        with open(tmp, "wb") as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

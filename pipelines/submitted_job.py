@@ -21,8 +21,8 @@ from read_model.config import ConfigError
 JOB_CONFIG_VARIABLE = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
-def submitted_working_dir() -> str | None:
-    """The uploaded working_dir this process runs in as a submitted job, else None."""
+def submitted_runtime_env() -> dict | None:
+    """The runtime env of the submitted job this process is the driver of, else None."""
     raw = os.environ.get(JOB_CONFIG_VARIABLE)
     if not raw:
         return None
@@ -30,7 +30,13 @@ def submitted_working_dir() -> str | None:
         runtime_env = json.loads(raw).get("runtime_env") or {}
     except (ValueError, AttributeError):
         return None
-    working_dir = runtime_env.get("working_dir")
+    return runtime_env if isinstance(runtime_env, dict) else {}
+
+
+def submitted_working_dir() -> str | None:
+    """The uploaded working_dir this process runs in as a submitted job, else None."""
+    runtime_env = submitted_runtime_env()
+    working_dir = (runtime_env or {}).get("working_dir")
     return str(working_dir) if working_dir else None
 
 

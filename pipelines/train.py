@@ -5,9 +5,12 @@
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python pipelines/train.py --config configs/tiny.yaml
 
-Setup (config, storage, shards, MLflow, GPUs) is checked before any worker starts. Running the
-same command again (same train.run_name and train.storage_path) resumes from the latest
-checkpoint and keeps logging into the same MLflow run.
+Setup is checked before any worker starts: config, storage, shards and MLflow first; then, on
+the cluster, whether the workers' resources fit now or once the autoscaler adds nodes (refused
+only when no node type can ever hold them), waiting up to `scaling.wait_for_workers_s` for them
+to arrive, and, on every node the workers will use, the base weights (copied once per node from
+`weights.store`). Running the same command again (same train.run_name and train.storage_path)
+resumes from the latest checkpoint and keeps logging into the same MLflow run.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import storage
+from pipelines.cluster_capacity import training_request
+from pipelines.cluster_checks import ClusterCheckError, check_cluster
 from pipelines.config import JobConfig, check_job_paths, job_config_dict, load_job_config
 from pipelines.ray_runtime import ensure_ray, worker_environment
 from pipelines.shard_sets import ShardSet
@@ -60,14 +65,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         summary = {"checked": True, "shards": {s.name: s.describe() for s in shard_sets}}
         print(json.dumps(summary), flush=True)
         return summary
-    import ray
-
     ensure_ray(upload_working_dir=True)
-    preflight.check_cluster_gpus(config, ray.cluster_resources())
+    cluster = check_cluster(config, training_request(config), weights=True)
     run_id = _open_mlflow_run(config, tracking_uri, shard_sets, args.parent_run_id)
     try:
         result = _fit(config, tracking_uri, run_id, shard_sets)
         summary = _finish(config, tracking_uri, run_id, result, register=not args.no_register)
+        summary["cluster"] = cluster
     except BaseException:
         finish_run(tracking_uri, run_id, status="FAILED")
         raise
@@ -104,7 +108,7 @@ def _fit(config: JobConfig, tracking_uri: str, run_id: str, shard_sets: list[Sha
 
     scaling = config.scaling
     path, filesystem = storage_path(config), None
-    if storage.is_s3(path):  # explicit client: the endpoint comes from this process's variables
+    if storage.is_s3(path):  # carries the endpoint; each worker resolves its own credentials
         filesystem, path = storage.resolve(path)
     resources = {"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker}
     if scaling.use_gpu:
@@ -191,7 +195,7 @@ def cli(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         main(argv)
-    except (ConfigError, preflight.PreflightError) as error:
+    except (ConfigError, preflight.PreflightError, ClusterCheckError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -11,7 +11,9 @@ Fixtures (all session-scoped; request them by name):
 - `synthetic_root` -> Path: a small synthetic dataset in the upstream folder layouts
   (`dataset_builders.synthetic.generate_dataset`), generated once. Treat it as read-only.
 - `ray_local` -> the `ray.init` context: a local Ray on 127.0.0.1 with 2 CPUs and a 384 MB
-  object store, dashboard included (it keeps Ray Train's controller polling quiet).
+  object store, dashboard included (it keeps Ray Train's controller polling quiet). It starts
+  after `s3_server`, so its workers find the S3 endpoint and credentials in their environment,
+  as workers on a cluster node do (credentials never travel in runtime envs).
 
 Tests using `s3_server`, `mlflow_server` or `ray_local` must be marked
 `@pytest.mark.integration`.
@@ -85,7 +87,7 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_local() -> Iterator[object]:
+def ray_local(s3_server: S3Endpoint) -> Iterator[object]:
     import ray
 
     for attempt in range(RAY_START_ATTEMPTS):

@@ -38,6 +38,7 @@ from pipelines.training.data import open_pinned, restore_data, train_batches, va
 from pipelines.training.engine import Engine, prepare_engine
 from pipelines.training.export import write_export
 from pipelines.training.validation import merge_across_ranks, score_batches, summary
+from pipelines.weights import provision
 from read_model.config import from_dict
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if isinstance(device, list):
         device = device[0]
 
+    provision(config.model, config.weights)  # base weights on this node (copied once per node)
     model, tokenizer = build_model(config.model)
     engine = prepare_engine(model, config.train, device, world_size)
     progress = RankProgress(world_size=world_size)

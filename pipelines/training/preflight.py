@@ -2,7 +2,8 @@
 
 Wrong config keys are already refused by `load_job_config`; here the job's outside world is
 checked: the checkpoint storage, every shard folder the job reads (its manifest must exist and
-list samples), the MLflow tracking server, and whether the cluster has the GPUs asked for.
+list samples) and the MLflow tracking server. What needs the cluster (capacity now or after the
+autoscaler grows it, base weights on the worker nodes) is in pipelines/cluster_checks.py.
 """
 
 from __future__ import annotations
@@ -67,20 +68,6 @@ def check_tracking(tracking_uri: str, timeout_s: float = 5.0) -> None:
                 storage.check_reachable(str(folder))
             except storage.StorageError as error:
                 raise PreflightError(f"MLflow store {tracking_uri}: {error}") from error
-
-
-def check_cluster_gpus(config: JobConfig, cluster_resources: dict[str, float]) -> None:
-    """Refuse a GPU request the running Ray cluster cannot satisfy (before any worker starts)."""
-    if not config.scaling.use_gpu:
-        return
-    need = config.scaling.num_workers * config.scaling.gpus_per_worker
-    have = float(cluster_resources.get("GPU", 0.0))
-    if have < need:
-        raise PreflightError(
-            f"scaling.use_gpu=true asks for {need:g} GPUs ({config.scaling.num_workers} workers x "
-            f"{config.scaling.gpus_per_worker:g}) but the Ray cluster has {have:g}; "
-            f"use scaling.use_gpu=false on a CPU machine or connect to a GPU cluster"
-        )
 
 
 def _check_storage(url: str, field_name: str) -> None:

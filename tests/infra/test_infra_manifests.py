@@ -22,7 +22,6 @@ import io
 import json
 import re
 import runpy
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,6 @@ REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"
 KUBERAY_SCHEMA = INFRA / "kuberay" / "schemas" / "kuberay-v1.schema.yaml"
 KUBERNETES_VERSION = "1.33"  # oldest minor the manifests promise to work on (EKS standard support)
-IMAGE_IN_CONTAINER = "/opt/read/"  # where infra/docker/Dockerfile puts the checkout
 # Kubernetes resource.Quantity, as the API server (and the KubeRay CRD) define it.
 QUANTITY = re.compile(
     r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
@@ -195,6 +193,10 @@ def test_node_configs_are_valid_ec2_run_instances_requests(path: Path) -> None:
     instance_types = set(operation.input_shape.members["InstanceType"].enum)
     for name, node_type in _documents(path)[0]["available_node_types"].items():
         request = {**node_type["node_config"], "MinCount": 1, "MaxCount": 1}
+        # Ray's own key, resolved by the launcher to one SubnetId per RunInstances call.
+        subnets = request.pop("SubnetIds", None)
+        if subnets:
+            request["SubnetId"] = subnets[0]
         report = ParamValidator().validate(request, operation.input_shape)
         assert not report.has_errors(), f"{name}: {report.generate_report()}"
         assert node_type["node_config"]["InstanceType"] in instance_types, name
@@ -216,7 +218,8 @@ def test_kuberay_resource_validates_against_crd_schema(name: str, doc: dict[str,
 
 def test_kuberay_schema_rejects_broken_resources() -> None:
     """The vendored schema is not vacuous: a misspelt field, a wrong type, a missing template."""
-    job = next(doc for _, doc in _ray_resources() if doc["kind"] == "RayJob")
+    job = next(doc for _, doc in _ray_resources()
+               if doc["kind"] == "RayJob" and doc["spec"]["rayClusterSpec"]["workerGroupSpecs"])
     misspelt = copy.deepcopy(job)
     misspelt["spec"]["shutdownAfterJobFinish"] = misspelt["spec"].pop("shutdownAfterJobFinishes")
     wrong_type = copy.deepcopy(job)
@@ -283,11 +286,11 @@ def test_resource_requests_are_quantities_and_gpus_are_whole(name: str, doc: dic
         for kind in ("requests", "limits"):
             for resource, value in resources.get(kind, {}).items():
                 assert QUANTITY.match(str(value)), f"{name} {where}: {resource}={value!r}"
-        gpus = resources.get("limits", {}).get("nvidia.com/gpu")
-        if gpus is not None:
-            # Kubernetes requires requests == limits for extended resources such as GPUs.
-            assert resources["requests"]["nvidia.com/gpu"] == gpus
-            assert str(gpus).isdigit() and int(gpus) >= 1
+        for resource, value in resources.get("limits", {}).items():
+            if "/" in resource:
+                # Kubernetes requires requests == limits for extended resources (GPUs, EFA).
+                assert resources["requests"][resource] == value, f"{name} {where}: {resource}"
+                assert str(value).isdigit() and int(value) >= 1
     for group in _cluster_spec(doc).get("workerGroupSpecs", []):
         if group["groupName"].startswith("gpu"):
             container = group["template"]["spec"]["containers"][0]
@@ -321,30 +324,30 @@ def test_workflow_script_runs_every_step_in_order() -> None:
 # Entry points named by the manifests
 
 
+@functools.cache
 def _entrypoint_commands() -> list[tuple[str, list[str]]]:
-    """Each `python pipelines/<x>.py ...` command the infra files run, as argv lists."""
-    commands = []
-    for name, doc in _ray_resources():
-        if doc["kind"] == "RayJob":
-            commands.append((name, shlex.split(doc["spec"]["entrypoint"])))
-    for script in sorted(INFRA.rglob("*.sh")):
-        text = script.read_text().replace("\\\n", " ")
-        for line in text.splitlines():
-            if "pipelines/" in line and not line.lstrip().startswith("#"):
-                argv = shlex.split(line, comments=True)
-                step = next(t for t in argv if t.endswith(".py")).rsplit("/", 1)[-1]
-                commands.append((f"{script.relative_to(REPO)}:{step}", argv))
-    found = []
-    for label, argv in commands:
-        scripts = [i for i, token in enumerate(argv) if re.search(r"pipelines/\w+\.py$", token)]
-        assert len(scripts) == 1, f"{label}: expected one pipelines script in {argv}"
-        found.append((label, argv[scripts[0]:]))
-    assert found, "no entry point found in infra/"
-    return found
+    """Each `python pipelines/<x>.py ...` command the infra runs, as the shell expands it: the AWS
+    script executed with a stand-in `ray` and the placeholder bucket, the RayJob entrypoints
+    expanded with ConfigMap read-env (tests/infra_commands.py)."""
+    import tempfile
+
+    import infra_commands
+
+    with tempfile.TemporaryDirectory(prefix="infra-commands-") as tmp:
+        aws = infra_commands.aws_steps({"READ_BUCKET": infra_commands.AWS_PLACEHOLDER_BUCKET},
+                                       Path(tmp))
+    steps = [*infra_commands.kuberay_steps(), *aws]
+    assert steps, "no entry point found in infra/"
+    return [(step.label, list(step.argv[1:])) for step in steps]
+
+
+IMAGE_READ_HOME = "/opt/read"
 
 
 def _in_repo(path: str) -> Path:
-    return REPO / (path[len(IMAGE_IN_CONTAINER):] if path.startswith(IMAGE_IN_CONTAINER) else path)
+    """Paths in the commands are relative to the checkout (AWS: the uploaded working dir;
+    KubeRay: the image's copy of it, READ_HOME=/opt/read in infra/docker/Dockerfile)."""
+    return REPO / path.removeprefix(IMAGE_READ_HOME + "/")
 
 
 class _Parsed(BaseException):
@@ -577,3 +580,117 @@ def test_rayservice_cluster_fits_its_model_replicas(name: str, doc: dict[str, An
     assert serve_config["http_options"]["host"] == "0.0.0.0"
     head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert port in [p["containerPort"] for p in head["ports"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# What a platform engineer checks first: AMI and driver, EFA, placement, zones, access, auth
+
+EFA_CARDS = {"p5.48xlarge": 32, "p4d.24xlarge": 4}  # EC2 docs: network cards, one EFA each
+DLAMI_PARAMETER = "resolve:ssm:/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-"
+
+
+def _aws_cluster() -> dict[str, Any]:
+    return _documents(INFRA / "aws" / "read-cluster.yaml")[0]
+
+
+def test_aws_nodes_run_an_ami_whose_driver_supports_the_pinned_cuda_build() -> None:
+    import tomllib
+
+    import torch
+
+    cluster = _aws_cluster()
+    for name, node_type in cluster["available_node_types"].items():
+        image = node_type["node_config"].get("ImageId", "")
+        assert image.startswith((DLAMI_PARAMETER, "ami-")), f"{name}: ImageId {image!r}"
+    # The comment that names the driver the AMI must carry names the torch build pyproject pins.
+    pins = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    torch_pin = next(p for p in pins if p.startswith("torch==")).split("==")[1]
+    text = (INFRA / "aws" / "read-cluster.yaml").read_text()
+    cuda = torch.version.cuda.replace(".", "")
+    assert f"torch {torch_pin}+cu{cuda}" in text, "re-check the AMI's driver when torch changes"
+    assert "driver >= 580" in text and torch.version.cuda.startswith("13.")
+    assert any("torch.cuda.is_available()" in c for c in cluster["worker_setup_commands"])
+
+
+def test_aws_gpu_training_nodes_use_efa_in_a_cluster_placement_group_in_one_zone() -> None:
+    cluster = _aws_cluster()
+    assert "," not in cluster["provider"]["availability_zone"], "one availability zone"
+    assert cluster["provider"]["use_internal_ips"] is True
+    subnets = set()
+    for name, node_type in cluster["available_node_types"].items():
+        config = node_type["node_config"]
+        interfaces = config.get("NetworkInterfaces", [])
+        subnets |= {i["SubnetId"] for i in interfaces} | set(config.get("SubnetIds", []))
+        cards = EFA_CARDS.get(config["InstanceType"])
+        if cards is None:
+            assert not interfaces, f"{name}: EFA only on {sorted(EFA_CARDS)}"
+            continue
+        assert config["Placement"]["GroupName"], f"{name}: cluster placement group"
+        primary = [i for i in interfaces if i["InterfaceType"] == "interface"]
+        efa = [i for i in interfaces if i["InterfaceType"] == "efa-only"]
+        assert [(i["NetworkCardIndex"], i["DeviceIndex"]) for i in primary] == [(0, 0)], name
+        assert sorted(i["NetworkCardIndex"] for i in efa) == list(range(cards)), name
+        options = node_type["docker"]["worker_run_options"]
+        assert "--device /dev/infiniband" in options and "--env FI_PROVIDER=efa" in options
+    assert len(subnets) == 1, f"every node in one subnet (one zone): {subnets}"
+
+
+def test_aws_ray_requires_a_token_and_keeps_the_dashboard_on_the_head() -> None:
+    cluster = _aws_cluster()
+    assert "--env RAY_AUTH_MODE=token" in cluster["docker"]["run_options"]
+    assert "--env-file /etc/read/node.env" in cluster["docker"]["run_options"]
+    assert any("--dashboard-host=127.0.0.1" in c for c in cluster["head_start_ray_commands"])
+
+
+def test_kuberay_clusters_use_token_auth_and_are_reachable_only_in_cluster() -> None:
+    for name, doc in _ray_resources():
+        spec = _cluster_spec(doc)
+        assert spec.get("authOptions", {}).get("mode") == "token", name
+        head = spec["headGroupSpec"]
+        assert head.get("serviceType", "ClusterIP") == "ClusterIP", name
+        assert head.get("enableIngress", False) is False, name
+    [policy] = [doc for _, doc in _core_resources() if doc["kind"] == "NetworkPolicy"]
+    assert policy["metadata"]["namespace"] == "read" and policy["spec"]["podSelector"] == {}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    sources = policy["spec"]["ingress"]
+    assert {"from": [{"podSelector": {}}]} in sources  # the namespace itself
+    outside = [rule for rule in sources if rule != {"from": [{"podSelector": {}}]}]
+    for rule in outside:  # the operator, and only to the job API
+        assert rule["ports"] == [{"protocol": "TCP", "port": 8265}], rule
+    [role] = [doc for _, doc in _core_resources() if doc["kind"] == "Role"]
+    assert role["rules"] == [{"apiGroups": ["ray.io"], "resources": ["rayclusters"],
+                              "verbs": ["get"]}]
+
+
+def test_kuberay_pods_need_the_mlflow_credentials_secret() -> None:
+    for name, doc in _ray_resources():
+        for where, _, container in _containers(doc):
+            if where == "submitter":
+                continue
+            refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container.get("env", [])
+                    if "valueFrom" in e}
+            for variable in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+                assert refs[variable]["name"] == "mlflow-auth", f"{name} {where}"
+                assert not refs[variable].get("optional", False), f"{name} {where}"
+
+
+def test_mlflow_server_requires_authentication(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.server.auth.config import read_auth_config
+
+    for where, argv in _mlflow_server_commands().items():
+        assert argv[argv.index("--app-name") + 1] == "basic-auth", where
+    deployment = next(doc for doc in _documents(INFRA / "mlflow" / "k8s.yaml")
+                      if doc["kind"] == "Deployment")
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    for variable in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert "secretKeyRef" in env[variable]["valueFrom"], variable
+    compose = _documents(INFRA / "mlflow" / "docker-compose.yaml")[0]["services"]["mlflow"]
+    assert compose["environment"]["MLFLOW_AUTH_ADMIN_PASSWORD"].startswith("${")
+    # The committed auth settings parse with MLflow's own reader and hold no password.
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(INFRA / "mlflow" / "basic_auth.ini"))
+    monkeypatch.delenv("MLFLOW_AUTH_ADMIN_PASSWORD", raising=False)
+    settings = read_auth_config()
+    assert settings.admin_password is None and settings.default_permission == "READ"
+    service = next(doc for doc in _documents(INFRA / "mlflow" / "k8s.yaml")
+                   if doc["kind"] == "Service" and doc["metadata"]["name"] == "mlflow")
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP"

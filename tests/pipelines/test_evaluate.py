@@ -122,6 +122,10 @@ def test_one_and_two_actors_score_identically(ray_local, mlflow_server, register
     assert client.list_artifacts(one["run_id"], "overlays")
     version = client.get_model_version(MODEL_NAME, registered)
     assert float(version.tags[f"{METRIC_TAG_PREFIX}giou"]) == one["metrics"]["giou"]
+    # ... with what they were computed on: this run, these shards' content hashes.
+    assert version.tags["read.evaluation.run_id"] == one["run_id"]
+    assert f"reason_seg/val@{reason_val.manifest.content_hash[:12]}" in version.tags["read.evaluation.data"]
+    assert version.tags["read.evaluation.basis"] == one["basis"]["fingerprint"]
 
 
 @pytest.mark.integration

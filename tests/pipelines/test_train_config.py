@@ -148,11 +148,13 @@ def test_preflight_refuses_unreachable_mlflow():
         preflight.check_tracking(f"http://127.0.0.1:{free_port()}", timeout_s=2.0)
 
 
-def test_gpu_request_on_a_cpu_cluster_is_refused_early():
-    config = load_job_config(CONFIGS / "read-7b.yaml")
-    with pytest.raises(preflight.PreflightError, match="asks for 8 GPUs"):
-        preflight.check_cluster_gpus(config, {"CPU": 2.0})
+def test_gpu_request_on_a_fixed_cpu_cluster_is_refused_early():
+    from pipelines.cluster_capacity import Capacity, CapacityError, check_capacity, training_request
 
+    config = load_job_config(CONFIGS / "read-7b.yaml")
+    cpu_only = Capacity(({"CPU": 2.0},), None, autoscaler=False, source="")
+    with pytest.raises(CapacityError, match=r"8 training workers x .*GPU: 1.*no autoscaler"):
+        check_capacity(training_request(config), cpu_only)
 
 
 def test_fsdp_is_allowed_on_cpu_but_not_with_fp16():

@@ -7,6 +7,8 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.champion import (
     CHAMPION_ALIAS,
+    EvaluationBasis,
+    PromotionRefused,
     promote_if_better,
     record_version_metrics,
 )
@@ -101,9 +103,10 @@ def test_champion_moves_only_on_improvement(store):
         run = client.create_run(experiment).info.run_id
         versions.append(client.create_model_version(name, f"runs:/{run}/model", run_id=run).version)
     v1, v2, v3, v4 = (str(v) for v in versions)
-    record_version_metrics(client, name, v1, {"giou": 0.40})
-    record_version_metrics(client, name, v2, {"giou": 0.40})  # tie
-    record_version_metrics(client, name, v3, {"giou": 0.55})  # better
+    basis = EvaluationBasis({"reason_seg/val": "a" * 64}, "generate", ("segmentation",))
+    record_version_metrics(client, name, v1, {"giou": 0.40}, basis=basis)
+    record_version_metrics(client, name, v2, {"giou": 0.40}, basis=basis)  # tie
+    record_version_metrics(client, name, v3, {"giou": 0.55}, basis=basis)  # better
     # v4: evaluation failed, no metric recorded
 
     assert promote_if_better(client, name, v1, "giou").promoted
@@ -113,7 +116,7 @@ def test_champion_moves_only_on_improvement(store):
     decision = promote_if_better(client, name, v3, "giou")
     assert decision.promoted and decision.previous_version == v1
     assert str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version) == v3
-    record_version_metrics(client, name, v1, {"giou": 0.30})
+    record_version_metrics(client, name, v1, {"giou": 0.30}, basis=basis)
     assert not promote_if_better(client, name, v1, "giou").promoted  # worse never demotes
     assert str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version) == v3
 
@@ -142,6 +145,39 @@ def test_runner_reruns_a_finished_step_once_its_code_changed(store, tmp_path):
     module_file.write_text("def scale(n):\n    # now triple\n    return {'value': n * 3}\n")
     skipped, outputs, code = run_step()
     assert (skipped, outputs) == (False, {"value": 15}) and code != first_code
+
+
+def test_promotion_refuses_metrics_from_other_evaluation_data(store):
+    """A higher gIoU on other shards (or another protocol) is no evidence of a better model."""
+    client, experiment = store
+    name = "read-basis-test"
+    client.create_registered_model(name)
+    versions = []
+    for _ in range(3):
+        run = client.create_run(experiment).info.run_id
+        versions.append(str(client.create_model_version(name, f"runs:/{run}/model",
+                                                        run_id=run).version))
+    champion, other_data, other_protocol = versions
+    val = EvaluationBasis({"reason_seg/val": "a" * 64}, "generate", ("segmentation",))
+    record_version_metrics(client, name, champion, {"giou": 0.40}, basis=val, run_id="run-1")
+    assert promote_if_better(client, name, champion, "giou").promoted
+    rebuilt = EvaluationBasis({"reason_seg/val": "b" * 64}, "generate", ("segmentation",))
+    record_version_metrics(client, name, other_data, {"giou": 0.90}, basis=rebuilt)
+    with pytest.raises(PromotionRefused, match=r"reason_seg/val@bbbbbbbbbbbb.*reason_seg/val@aaaa"):
+        promote_if_better(client, name, other_data, "giou")
+    forced = EvaluationBasis(val.data, "teacher_forced", ("segmentation",))
+    record_version_metrics(client, name, other_protocol, {"giou": 0.95}, basis=forced)
+    with pytest.raises(PromotionRefused, match="different data or protocol"):
+        promote_if_better(client, name, other_protocol, "giou")
+    assert str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version) == champion
+
+    # Re-evaluated on the champion's data, the candidate is compared (and wins); the tags name
+    # the evaluation run, and metrics of the earlier evaluation do not linger.
+    record_version_metrics(client, name, other_data, {"ciou": 0.5}, basis=rebuilt)
+    record_version_metrics(client, name, other_data, {"giou": 0.45}, basis=val, run_id="run-2")
+    tags = client.get_model_version(name, other_data).tags
+    assert "read.eval.ciou" not in tags and tags["read.evaluation.run_id"] == "run-2"
+    assert promote_if_better(client, name, other_data, "giou").promoted
 
 
 # ------------------------------------------------------------------ the real workflow, end to end

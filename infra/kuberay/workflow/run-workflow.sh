@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The READ workflow on Kubernetes as a sequence of RayJobs, one short-lived Ray cluster per step:
-#   01 build shards -> 02 train (registers alias `candidate`) -> 03 evaluate `candidate`
-#   -> 04 promote `candidate` to `champion` if it beats the current champion.
+#   00 base weights into the bucket -> 01 build shards -> 02 train (registers alias `candidate`)
+#   -> 03 evaluate `candidate` (records its metrics and their data on the version)
+#   -> 04 promote `candidate` to `champion` if it beats the current champion on the same data.
+# What they run (preset, bucket, ...) comes from ConfigMap read-env (infra/kuberay/access.yaml).
 # Each step starts only when the previous one SUCCEEDED; the first failure stops the sequence and
 # prints where to look. Re-running the script re-runs every step; the steps themselves skip work
-# whose inputs did not change (shards are fingerprinted, training resumes from its last checkpoint).
+# whose inputs did not change (weights and shards are kept when unchanged, training resumes from
+# its last checkpoint).
 #
 #   kubectl apply -f infra/kuberay/access.yaml        # once
 #   bash infra/kuberay/workflow/run-workflow.sh       # from the repository root
@@ -39,8 +42,9 @@ run_step() {
   done
 }
 
+run_step 00-fetch-weights.yaml
 run_step 01-build-shards.yaml
 run_step 02-train.yaml
 run_step 03-evaluate.yaml
 run_step 04-promote.yaml
-echo "== workflow finished: champion alias is in the MLflow registry (model read-7b)"
+echo "== workflow finished: see the champion alias in the MLflow registry"
