@@ -188,18 +188,19 @@ def _dialogue_ids(
     ids: SpecialTokenIds,
     num_image_tokens: int,
     cfg: TokenizerConfig,
-    markers: tuple[str, ...],
+    template: ConversationTemplate,
 ) -> list[int]:
-    """BOS + `text` with upstream spacing, cut at `markers` too (``</s>`` between turns)."""
+    """BOS + `text` with upstream spacing; ``</s>`` between turns is EOS, with the whitespace
+    next to it kept (transformers 4.31 loads it as an AddedToken without lstrip/rstrip, so an
+    answer's trailing newline is a token: tests/fixtures/token_parity, "dialog_*")."""
     out = [ids.bos]
     for index, chunk in enumerate(text.split(cfg.image_token)):
         if index:
             out += [ids.image] * num_image_tokens
-        for piece in split_at_tokens(chunk, markers):
-            if piece in markers:
-                out.append(int(tokenizer.convert_tokens_to_ids(piece)))
-            else:
-                out.extend(_encode(tokenizer, piece))
+        for turn, segment in enumerate(chunk.split(template.sep2)):
+            if turn:
+                out.append(ids.eos)
+            out += text_ids(tokenizer, segment, cfg)
     return out
 
 
@@ -225,21 +226,20 @@ def _turns_upstream(
     Every prefix must tokenise to a prefix of the next (each answer in context after its
     prompt, each new turn after ``</s>``), so the labels are exactly the answer tokens.
     """
-    markers = (*stripped_tokens(cfg), template.sep2)
     text = f"{template.system}{template.sep}"
     input_ids: list[int] = []
     labels: list[int] = []
     first_prompt = 0
     for question, answer in dialogue.turns:
         text += user_turn(_wrapped(question, cfg), template)
-        prompt_ids = _dialogue_ids(text, tokenizer, ids, num_image_tokens, cfg, markers)
+        prompt_ids = _dialogue_ids(text, tokenizer, ids, num_image_tokens, cfg, template)
         if prompt_ids[: len(input_ids)] != input_ids:
             raise ValueError(f"the tokenizer merges the turn {question[:40]!r} into the previous "
                              "answer; the labels would not be upstream's")
         first_prompt = first_prompt or len(prompt_ids)
         labels += [IGNORE_INDEX] * (len(prompt_ids) - len(input_ids))
         text += f" {answer}"
-        full = _dialogue_ids(text, tokenizer, ids, num_image_tokens, cfg, markers)
+        full = _dialogue_ids(text, tokenizer, ids, num_image_tokens, cfg, template)
         if full[: len(prompt_ids)] != prompt_ids:
             raise ValueError(
                 f"the tokenizer merges the answer {answer[:40]!r} into the prompt; training "
