@@ -59,6 +59,7 @@ class LabelMapLayout:
     list_images: bool  # records are listed from the images too (ADE20K), not only the labels
     load_classes: Callable[[Path], list[str]]
     class_ids: Callable[[np.ndarray, Sequence[str]], np.ndarray]
+    class_file: str  # the class list the dataset folder may carry (Mapillary: must)
 
     def split_dir(self, split: str) -> str:
         if split not in self.split_dirs:
@@ -80,15 +81,17 @@ LAYOUTS: dict[str, LabelMapLayout] = {
     "ade20k": LabelMapLayout(
         "ade20k", "ade20k", {"train": "training", "val": "validation"},
         "ade20k/annotations/{split}", "ade20k/images/{split}", True,
-        class_lists.ade20k_classes, lambda raw, _: ade20k_class_ids(raw)),
+        class_lists.ade20k_classes, lambda raw, _: ade20k_class_ids(raw),
+        class_lists.ADE20K_FILE),
     "cocostuff": LabelMapLayout(
         "cocostuff", "cocostuff", {"train": "train2017", "val": "val2017"},
         "cocostuff/{split}", "coco/{split}", False,
-        class_lists.cocostuff_classes, cocostuff_class_ids),
+        class_lists.cocostuff_classes, cocostuff_class_ids, class_lists.COCOSTUFF_FILE),
     "mapillary": LabelMapLayout(
         "mapillary", "mapillary", {"train": "training", "val": "validation"},
         "mapillary/{split}/v2.0/labels", "mapillary/{split}/images", False,
-        class_lists.mapillary_classes, lambda raw, _: mapillary_class_ids(raw)),
+        class_lists.mapillary_classes, lambda raw, _: mapillary_class_ids(raw),
+        class_lists.MAPILLARY_CONFIG),
 }
 
 
@@ -99,9 +102,11 @@ def layout(dataset: str) -> LabelMapLayout:
 
 
 def input_folders(root: str | Path, dataset: str, split: str) -> list[Path]:
-    """The folders a build reads (labels first: their absence means the split is absent)."""
+    """What a build reads: the label folder first (its absence means the split is absent), the
+    image folder, and the class list file the dataset folder may carry."""
     spec = layout(dataset)
-    return [spec.labels(root, split), spec.images(root, split), Path(root) / spec.folder]
+    return [spec.labels(root, split), spec.images(root, split),
+            Path(root) / spec.folder / spec.class_file]
 
 
 def list_records(root: str | Path, dataset: str, split: str) -> list[str]:

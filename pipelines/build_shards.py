@@ -57,6 +57,16 @@ DEFAULT_SPLITS: dict[str, tuple[str, ...]] = {
     "fprefcoco": ("train", "val", "test"),
     "fprefcoco+": ("train", "val", "test"),
     "fprefcocog": ("train", "val", "test"),
+    "R-refcoco": ("train", "val", "testA", "testB"),
+    "R-refcoco+": ("train", "val", "testA", "testB"),
+    "R-refcocog": ("train", "val", "test"),
+    # semantic segmentation and VQA: upstream trains on their training sets only
+    "ade20k": ("train",),
+    "cocostuff": ("train",),
+    "mapillary": ("train",),
+    "paco_lvis": ("train",),
+    "pascal_part": ("train",),
+    "llava_instruct_150k": ("train",),
 }
 DEFAULT_SHARD_SIZE_MB = 64.0
 TAR_BLOCK = 512
@@ -127,9 +137,9 @@ def _reader(task: dict[str, Any]) -> Iterator[Any]:
         from dataset_builders.reason_seg import read_record
 
         return (read_record(Path(folder), stem, split) for folder, stem, split in task["records"])
-    from dataset_builders.refer import iter_refer
+    from dataset_builders.sources import iter_dataset
 
-    return iter(iter_refer(task["dataset_root"], task["dataset"], task["split"]))
+    return iter(iter_dataset(task["dataset_root"], task["dataset"], task["split"]))
 
 
 _ROW_DEFAULTS: dict[str, Any] = {  # one fixed column order: Ray blocks must share a schema
@@ -250,6 +260,7 @@ def code_fingerprint() -> str:
     files = [_PROJECT_ROOT / f for f in _CODE_FILES]
     for package in _CODE_PACKAGES:
         files += sorted((_PROJECT_ROOT / package).rglob("*.py"))
+        files += sorted((_PROJECT_ROOT / package).rglob("*.txt"))  # bundled class lists
     for path in sorted(set(files)):
         if path.is_file():
             digest.update(str(path.relative_to(_PROJECT_ROOT)).encode())
@@ -259,18 +270,22 @@ def code_fingerprint() -> str:
 
 def input_folders(dataset_root: str, dataset: str, split: str) -> list[Path]:
     """The upstream folders a (dataset, split) is read from (`READ:dataset/README.md` layout)."""
-    root = Path(dataset_root)
-    if dataset == "reason_seg":
-        return [root / "reason_seg" / "ReasonSeg" / part for part in split.split("_")]
-    images = "saiapr_tc-12" if dataset == "refclef" else "mscoco/images/train2014"
-    return [root / "refer_seg" / dataset, root / "refer_seg" / "images" / images]
+    from dataset_builders.sources import input_paths
+
+    return input_paths(dataset_root, dataset, split)
 
 
 def input_fingerprint(folders: Sequence[Path]) -> str:
-    """sha256 over (relative path, size, mtime) of every input file: cheap, no content reads."""
+    """sha256 over (relative path, size, mtime) of every input file: cheap, no content reads.
+
+    An entry may be a folder (walked) or a single file (an annotation JSON)."""
     digest = hashlib.sha256()
     for folder in folders:
         digest.update(str(folder).encode())
+        if folder.is_file():
+            info = os.stat(folder)
+            digest.update(f"{info.st_size}\0{info.st_mtime_ns}\n".encode())
+            continue
         if not folder.is_dir():
             digest.update(b"<missing>")
             continue

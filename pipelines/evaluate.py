@@ -142,8 +142,10 @@ class ScoringActor:
         return _columns(results)
 
 
-def _baseline_batch(batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
-    """Both trivial baselines for a block of samples; `payload["baseline"]` names the kind."""
+def _baseline_batch(batch: dict[str, np.ndarray],
+                    reason_seg_queries: str = "first") -> dict[str, list[Any]]:
+    """Both trivial baselines for a block of samples, on the queries the model is scored on;
+    `payload["baseline"]` names the kind."""
     from pipelines.baselines import BASELINES, baseline_results
     from pipelines.streaming import decode_row
 
@@ -154,7 +156,7 @@ def _baseline_batch(batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         except Exception as error:
             results.append(_error_result(str(row.get("__key__", "?")), str(error)))
     for kind in BASELINES:
-        for result in baseline_results(samples, kind):
+        for result in baseline_results(samples, kind, reason_seg_queries):
             result.payload = {"baseline": kind}
             results.append(result)
     return _columns(results)
@@ -267,7 +269,8 @@ def evaluate(
         results = _collect(scored)
         summary = _record(client, run_id, name, version, results, output, settings.num_overlays)
         if with_baselines:
-            summary["baselines"] = _baselines(client, run_id, sources, settings.batch_size)
+            summary["baselines"] = _baselines(client, run_id, sources, settings.batch_size,
+                                              settings.reason_seg_queries)
         if tag_version:
             pooled = {k: v for k, v in summary["metrics"].items() if "." not in k}
             record_version_metrics(client, name, version, pooled)
@@ -278,13 +281,15 @@ def evaluate(
     return {"run_id": run_id, "model_name": name, "model_version": version, **summary}
 
 
-def _baselines(client: Any, run_id: str, sources: list[Any], batch_size: int) -> dict[str, Any]:
-    """Score the empty-mask and whole-image baselines on the same shards; log them to the run."""
+def _baselines(client: Any, run_id: str, sources: list[Any], batch_size: int,
+               reason_seg_queries: str) -> dict[str, Any]:
+    """Score the empty-mask and whole-image baselines on the same queries; log them to the run."""
     from pipelines.baselines import BASELINES
     from pipelines.streaming import ray_dataset
 
     rows = _collect(ray_dataset(sources).map_batches(
-        _baseline_batch, batch_format="numpy", batch_size=batch_size, num_cpus=0.5))
+        _baseline_batch, batch_format="numpy", batch_size=batch_size, num_cpus=0.5,
+        fn_kwargs={"reason_seg_queries": reason_seg_queries}))
     out = {}
     for kind in BASELINES:
         table = score_results(r for r in rows if r.payload.get("baseline") == kind)

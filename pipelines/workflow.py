@@ -155,11 +155,23 @@ def _fmt(value: Any) -> str:
 
 
 def baseline_table(evaluation: dict[str, Any]) -> str:
-    """The model's pooled gIoU/cIoU next to the empty-mask and whole-image baselines."""
+    """The model's pooled figures next to the two constant predictors, on the same queries.
+
+    gIoU/cIoU over true premises; See (presence accuracy) over every query of the groups with
+    false premises; Say over the false premises that carry a `gt_sent` (docs/evaluation.md).
+    The empty mask never says "present", the whole image always does.
+    """
+    from pipelines.baselines import PRESENCE
+
     rows = [("trained model", evaluation["metrics"])]
-    rows += [(f"baseline: {kind.replace('_', ' ')}", m) for kind, m in evaluation["baselines"].items()]
-    lines = ["| predictor | gIoU | cIoU |", "|---|---|---|"]
-    lines += [f"| {name} | {_fmt(m.get('giou'))} | {_fmt(m.get('ciou'))} |" for name, m in rows]
+    rows += [(f"baseline: {PRESENCE.get(kind, kind)} ({kind.replace('_', ' ')})", m)
+             for kind, m in evaluation["baselines"].items()]
+    lines = ["| predictor | gIoU | cIoU | See | Say | Say queries |", "|---|---|---|---|---|---|"]
+    for name, m in rows:
+        count = m.get("say_count")
+        lines.append(f"| {name} | {_fmt(m.get('giou'))} | {_fmt(m.get('ciou'))} | "
+                     f"{_fmt(m.get('see'))} | {_fmt(m.get('say'))} | "
+                     f"{'n.a.' if count is None else int(count)} |")
     return "\n".join(lines)
 
 
@@ -191,7 +203,7 @@ def _report(client: Any, result: dict[str, Any], tracking_uri: str) -> None:
     last = evaluated[result["modes"][-1]]
     _banner("metrics (per dataset/split; scores in %)")
     print(_metrics_markdown(client, last["evaluation_run_id"]), flush=True)
-    _banner("trained model against trivial baselines (same evaluation data)")
+    _banner("trained model against constant predictors (same queries; scores in %)")
     print(baseline_table(last))
     result["baseline_table"] = baseline_table(last)
     if len(evaluated) > 1:

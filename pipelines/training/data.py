@@ -1,6 +1,6 @@
 """Each worker's share of the training and validation shards, as model-side examples.
 
-Training reads a `MixedStream` (datasets mixed by `data.sample_rates`, split by rank) whose
+Training reads a `MixedStream` (datasets mixed by `pipelines.mixing.train_rates`, split by rank) whose
 `state()` is the data position stored in checkpoints. Validation reads every val sample once,
 split by rank, with fixed templates.
 """
@@ -10,10 +10,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from pipelines.config import JobConfig
+from pipelines.config import DataConfig, JobConfig
 from pipelines.examples import evaluation_example, training_example
+from pipelines.mixing import train_rates
 from pipelines.streaming import MixedStream, iter_samples, open_sources
 from read_model.batch import ReadExample
+from read_model.turns import SemSegModes
+
+
+def sem_seg_modes(data: DataConfig) -> SemSegModes:
+    return SemSegModes(data.sem_seg_true_premise_prob, data.sem_seg_denial_prob,
+                       data.sem_seg_correction_prob)
 
 
 class TrainExamples:
@@ -22,8 +29,9 @@ class TrainExamples:
     def __init__(self, config: JobConfig, *, rank: int, world_size: int,
                  state: dict[str, Any] | None = None) -> None:
         sources = open_sources(config.data.shards, config.data.train)
-        rates = config.data.sample_rates or [1.0] * len(sources)
+        rates = train_rates(config.data)
         self._config = config
+        self._modes = sem_seg_modes(config.data)
         self._stream = MixedStream(
             list(zip(sources, rates, strict=True)),
             seed=config.train.seed,
@@ -49,6 +57,7 @@ class TrainExamples:
                 seed=self._config.train.seed,
                 epoch=epoch,
                 true_premise_prob=self._config.data.true_premise_prob,
+                sem_seg_modes=self._modes,
             )
             if example is not None:
                 examples.append(example)
