@@ -2,7 +2,10 @@
 
 One image with its original bytes and a list of targets; each target is a lossless mask plus the
 queries that refer to it. Keeping the upstream ids in `source` lets every prediction be traced
-back to the record it came from.
+back to the record it came from. Two optional parts serve the sources that are not referring
+segmentation: `absent_classes` (semantic segmentation: the classes the image does not contain,
+the pool upstream draws false premises from, stored as names only, never as masks) and
+`dialogue` (VQA: a multi-turn conversation with no mask).
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ class Query:
     gt_sent: str = ""
     answer: str = ""
     query_id: str = ""
+    # A part class (PACO-LVIS, PASCAL-Part): `text` names the object and `part` the part; the
+    # wording ("dog head" / "the head of the dog") is drawn per training example, as upstream.
+    part: str = ""
 
 
 @dataclass
@@ -39,6 +45,14 @@ class Target:
     mask: np.ndarray
     queries: list[Query] = field(default_factory=list)
     target_id: str = ""
+
+
+@dataclass(frozen=True)
+class ClassName:
+    """A semantic-segmentation class: a name, or an object and one of its parts."""
+
+    name: str
+    part: str = ""
 
 
 @dataclass
@@ -53,12 +67,17 @@ class Sample:
     height: int
     targets: list[Target]
     source: dict[str, str] = field(default_factory=dict)
+    # Semantic segmentation: classes of the dataset this image does not contain (false premises).
+    absent_classes: list[ClassName] = field(default_factory=list)
+    # VQA: (human, assistant) turns; the first question carries the image placeholder.
+    dialogue: list[tuple[str, str]] = field(default_factory=list)
     # Unusual things upstream accepts and this record keeps (not stored in shards).
     warnings: list[WarningEntry] = field(default_factory=list)
 
     @property
     def num_queries(self) -> int:
-        return sum(len(t.queries) for t in self.targets)
+        """Questions the record holds: target queries plus VQA dialogue turns."""
+        return sum(len(t.queries) for t in self.targets) + len(self.dialogue)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from dataset_builders.sample import QuarantineEntry
+from dataset_builders.sources import input_paths, reader_kind
 from pipelines import storage
 from pipelines.manifest import Manifest, ManifestError, ShardEntry, read_manifest, write_manifest
 from pipelines.raw_inputs import RawInputs
@@ -73,6 +74,16 @@ DEFAULT_SPLITS: dict[str, tuple[str, ...]] = {
     "fprefcoco": ("train", "val", "test"),
     "fprefcoco+": ("train", "val", "test"),
     "fprefcocog": ("train", "val", "test"),
+    "R-refcoco": ("train", "val", "testA", "testB"),
+    "R-refcoco+": ("train", "val", "testA", "testB"),
+    "R-refcocog": ("train", "val", "test"),
+    # semantic segmentation and VQA: upstream trains on their training sets only
+    "ade20k": ("train",),
+    "cocostuff": ("train",),
+    "mapillary": ("train",),
+    "paco_lvis": ("train",),
+    "pascal_part": ("train",),
+    "llava_instruct_150k": ("train",),
 }
 DEFAULT_SHARD_SIZE_MB = 64.0
 DEFAULT_MIN_SHARDS = 32  # 2 x the loader parts of read-7b: 8 ranks x 2 loader workers
@@ -86,6 +97,10 @@ _CODE_FILES = ("pipelines/shard_format.py", "pipelines/build_shards.py",
                "pipelines/raw_inputs.py")
 _PROJECT_ROOT = Path(__file__).resolve().parents[1]
 REASON_SEG_FOLDER = "reason_seg/ReasonSeg"
+# Semantic-segmentation, part and VQA datasets are read whole by their reader, in one shard
+# task: one planned record standing for the split (partitioning them is future work).
+WHOLE_SPLIT = "*"
+WHOLE_SPLIT_SIZE = 1
 REFER_FOLDER = "refer_seg"
 
 
@@ -152,11 +167,15 @@ class FolderReport:
 # ---------------------------------------------------------------- inputs (cheap, driver)
 
 def input_folders(dataset: str, split: str) -> list[str]:
-    """The upstream folders a (dataset, split) is read from, relative to the root."""
-    if dataset == "reason_seg":
+    """The upstream folders (or files) a (dataset, split) is read from, relative to the root,
+    the defining one first."""
+    kind = reader_kind(dataset)
+    if kind == "reason_seg":
         return [f"{REASON_SEG_FOLDER}/{part}" for part in split.split("_") if part]
-    images = "saiapr_tc-12" if dataset == "refclef" else "mscoco/images/train2014"
-    return [f"{REFER_FOLDER}/{dataset}", f"{REFER_FOLDER}/images/{images}"]
+    if kind == "refer":
+        images = "saiapr_tc-12" if dataset == "refclef" else "mscoco/images/train2014"
+        return [f"{REFER_FOLDER}/{dataset}", f"{REFER_FOLDER}/images/{images}"]
+    return [str(path) for path in input_paths(".", dataset, split)]
 
 
 def refs_file(raw: RawInputs, dataset: str) -> str:
@@ -184,6 +203,18 @@ def check_inputs(raw: RawInputs, dataset: str, split: str, *, explicit: bool) ->
             return f"no input folder {raw.url(absent[0])}"
         if absent:
             raise BuildError(f"ReasonSeg split folder not found: {raw.url(absent[0])}",
+                             before_start=True)
+        return None
+    if reader_kind(dataset) != "refer":  # read whole by its own reader (WHOLE_SPLIT_KINDS)
+        if raw.is_s3:
+            raise BuildError(f"{dataset} is read from a local --dataset-root only (an s3:// "
+                             "root is supported for ReasonSeg and REFER-format datasets)",
+                             before_start=True)
+        present = raw.is_dir(folders[0]) or raw.is_file(folders[0])
+        if not present and not explicit:
+            return f"no input {raw.url(folders[0])}"
+        if not present:
+            raise BuildError(f"{dataset} input not found: {raw.url(folders[0])}",
                              before_start=True)
         return None
     if not raw.is_dir(folders[0]):
@@ -218,6 +249,7 @@ def code_fingerprint() -> str:
     files = [_PROJECT_ROOT / f for f in _CODE_FILES]
     for package in _CODE_PACKAGES:
         files += sorted((_PROJECT_ROOT / package).rglob("*.py"))
+        files += sorted((_PROJECT_ROOT / package).rglob("*.txt"))  # bundled class lists
     for path in sorted(set(files)):
         if path.is_file():
             digest.update(str(path.relative_to(_PROJECT_ROOT)).encode())
@@ -261,7 +293,8 @@ def _visible_here(raw: RawInputs, dataset: str, split: str) -> None:
     """A local root must be on this node; say so loudly instead of quarantining everything."""
     if raw.is_s3:
         return
-    absent = [f for f in input_folders(dataset, split) if not raw.is_dir(f)]
+    absent = [f for f in input_folders(dataset, split)[:1]
+              if not (raw.is_dir(f) or raw.is_file(f))]
     if absent:
         raise FileNotFoundError(
             f"{raw.url(absent[0])} is not visible on node {socket.gethostname()} "
@@ -296,6 +329,10 @@ def plan_folder(root: str, dataset: str, split: str, refs: str) -> dict[str, Any
                     records.append((make_key(dataset, part, stem), f"{part}/{stem}", size))
             records.sort()
             return {"records": [[r, s] for _, r, s in records], "quarantine": [], "fatal": None}
+        if reader_kind(dataset) != "refer":
+            # The semantic-segmentation, part and VQA readers take a whole split: one record.
+            return {"records": [[WHOLE_SPLIT, WHOLE_SPLIT_SIZE]], "quarantine": [],
+                    "fatal": None}
         index = _refer_inputs(raw, dataset, split, refs)
         images = raw.listing(input_folders(dataset, split)[1])
         records = [[image_id, _tar_size(images.get(index.file_name(image_id) or "", 0),
@@ -341,6 +378,11 @@ def _shard_items(raw: RawInputs, dataset: str, split: str, refs: str, records: l
         pairs = [str(record).split("/", 1) for record in records]
         return (read_record(local / REASON_SEG_FOLDER / part, stem, part)
                 for part, stem in pairs), [local]
+    if reader_kind(dataset) != "refer":
+        from dataset_builders.sources import iter_dataset
+
+        local = Path(raw.root)  # a local root (check_inputs refuses s3:// for these kinds)
+        return iter(iter_dataset(local, dataset, split)), [local]
     from dataset_builders.refer import iter_refer_images
 
     index = _refer_inputs(raw, dataset, split, refs)
@@ -499,7 +541,7 @@ def build_shards(dataset_root: str, out: str, *, datasets: Sequence[str] = ("rea
         if skip:
             print(f"{dataset}/{split}: {skip}, skipped")
             continue
-        refs = "" if dataset == "reason_seg" else refs_file(raw, dataset)
+        refs = "" if reader_kind(dataset) != "refer" else refs_file(raw, dataset)
         folders.append(_Folder(dataset, split, build_fingerprint(raw, dataset, split, options),
                                refs, explicit=explicit))
     reports: dict[str, FolderReport] = {}

@@ -42,7 +42,16 @@ class DataConfig:
     train: list[str] = field(default_factory=lambda: ["reason_seg/train"])
     val: list[str] = field(default_factory=lambda: ["reason_seg/val"])
     sample_rates: list[float] = field(default_factory=list)  # one per `train` entry; empty = equal
+    # Upstream's --sample_rates, by source (sem_seg, refer_seg, correct_refer_seg, vqa,
+    # neg_refer_seg, reason_seg): a source's rate is shared equally by its `train` entries, as
+    # upstream draws a source, then one of its datasets (pipelines/mixing.py). Instead of
+    # sample_rates; empty = use sample_rates.
+    source_rates: dict[str, float] = field(default_factory=dict)
     true_premise_prob: float = 0.85  # ReasonSeg FP-QA mixing (upstream class attribute)
+    # Semantic segmentation's premise modes per image (READ:dataloaders/sem_seg_dataset.py).
+    sem_seg_true_premise_prob: float = 0.85
+    sem_seg_denial_prob: float = 0.07
+    sem_seg_correction_prob: float = 0.08
     loader_workers: int = 2  # DataLoader processes per rank preparing batches; 0 = in-process
     prefetch_batches: int = 2  # batches each loader process prepares ahead
     open_shards: int = 2  # shards each loader process reads interleaved, per dataset

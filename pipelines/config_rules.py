@@ -51,6 +51,14 @@ def _data(config: JobConfig, problems: Problems) -> None:
     require(data.cache_max_gb > 0, "data.cache_max_gb", data.cache_max_gb, "must be > 0")
     require(0.0 <= data.true_premise_prob <= 1.0, "data.true_premise_prob",
             data.true_premise_prob, "must be in [0, 1]")
+    modes = (data.sem_seg_true_premise_prob, data.sem_seg_denial_prob,
+             data.sem_seg_correction_prob)
+    require(all(m >= 0 for m in modes) and sum(modes) > 0, "data.sem_seg_*_prob", modes,
+            "must be non-negative with a positive sum")
+    from pipelines.mixing import mix_problems
+
+    for key, value, rule in mix_problems(data):
+        require(False, key, value, rule)
 
 
 def _scaling(config: JobConfig, problems: Problems) -> None:

@@ -174,13 +174,15 @@ class ScoringActor:
         return _columns(results)
 
 
-def _baseline_batch(batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
-    """Both trivial baselines for a block of samples; `payload["baseline"]` names the kind."""
+def _baseline_batch(batch: dict[str, np.ndarray],
+                    reason_seg_queries: str = "first") -> dict[str, list[Any]]:
+    """Both trivial baselines for a block of samples, on the queries the model is scored on;
+    `payload["baseline"]` names the kind."""
     from pipelines.baselines import BASELINES, baseline_results
 
     samples, results = _decode_rows(batch)
     for kind in BASELINES:
-        for result in baseline_results(samples, kind):
+        for result in baseline_results(samples, kind, reason_seg_queries):
             result.payload = {"baseline": kind}
             results.append(result)
     return _columns(results)
@@ -356,7 +358,7 @@ def evaluate(
                            "damaged_shards": dict(integrity.damaged)}
         if with_baselines:
             summary["baselines"] = _baselines(client, run_id, sources, settings.batch_size,
-                                              total_queries)
+                                              total_queries, settings.reason_seg_queries)
         if tag_version:
             pooled = {k: v for k, v in summary["metrics"].items() if "." not in k}
             basis = EvaluationBasis(
@@ -372,13 +374,14 @@ def evaluate(
 
 
 def _baselines(client: Any, run_id: str, sources: list[Any], batch_size: int,
-               total_queries: int) -> dict[str, Any]:
-    """Score the empty-mask and whole-image baselines on the same shards; log them to the run."""
+               total_queries: int, reason_seg_queries: str) -> dict[str, Any]:
+    """Score the empty-mask and whole-image baselines on the same queries; log them to the run."""
     from pipelines.baselines import BASELINES
     from pipelines.ingestion.ray_rows import ray_dataset
 
     rows, _ = _collect(ray_dataset(sources).map_batches(
-        _baseline_batch, batch_format="numpy", batch_size=batch_size, num_cpus=0.5),
+        _baseline_batch, batch_format="numpy", batch_size=batch_size, num_cpus=0.5,
+        fn_kwargs={"reason_seg_queries": reason_seg_queries}),
         sources, "skip", len(BASELINES) * total_queries, "trivial baselines")
     out = {}
     for kind in BASELINES:

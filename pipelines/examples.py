@@ -2,7 +2,11 @@
 
 Training draws up to `num_classes_per_sample` queries per image with templates chosen by a
 generator seeded from (seed, epoch, sample key), so a resumed or re-run job sees exactly the same
-conversations for the same sample and epoch, whichever worker reads it.
+conversations for the same sample and epoch, whichever worker reads it. Each source forms its
+conversations as upstream does (`dataset_builders.sources`): ReasonSeg and the REFER family
+through `read_model.turns.build_training_turns` (FP-RefCOCO false premises corrected, R-RefCOCO
+ones denied), semantic segmentation through `build_sem_seg_turns` (classes present, or absent
+ones denied or corrected), VQA as its one multi-turn dialog.
 
 Evaluation follows upstream's protocol per dataset (docs/fidelity.md, "Evaluation protocol"):
 ReasonSeg scores the first query of an image with LISA's fixed templates
@@ -23,13 +27,19 @@ import numpy as np
 
 from dataset_builders.images import decode_rgb
 from dataset_builders.sample import Query, Sample
+from dataset_builders.sources import source_of
 from read_model import templates as T
 from read_model.batch import ReadExample
+from read_model.conversation import Dialogue
 from read_model.turns import (
+    DEFAULT_SEM_SEG_MODES,
     DEFAULT_TRUE_PREMISE_PROB,
+    SemClass,
+    SemSegModes,
     Turn,
     TurnQuery,
     build_eval_turns,
+    build_sem_seg_turns,
     build_training_turns,
 )
 
@@ -87,9 +97,12 @@ def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:16], "little"))
 
 
+QUERY_KIND = {"reason_seg": "reason", "correct_refer_seg": "correct_refer"}  # else "refer"
+
+
 def flat_queries(sample: Sample) -> tuple[list[TurnQuery], list[int]]:
     """Every query of the sample as a `TurnQuery`, with the index of the target it refers to."""
-    kind = "reason" if sample.dataset in REASON_DATASETS else "refer"
+    kind = QUERY_KIND.get(source_of(sample.dataset), "refer")
     queries: list[TurnQuery] = []
     owners: list[int] = []
     for target_index, target in enumerate(sample.targets):
@@ -106,16 +119,47 @@ def training_example(
     seed: int,
     epoch: int,
     true_premise_prob: float = DEFAULT_TRUE_PREMISE_PROB,
+    sem_seg_modes: SemSegModes = DEFAULT_SEM_SEG_MODES,
 ) -> ReadExample | None:
     """Draw the training conversations of one image; None when it has no usable query."""
+    source = source_of(sample.dataset)
+    if source == "vqa":
+        return _dialogue_example(sample)
+    rng = sample_rng(seed, epoch, sample.key)
+    if source == "sem_seg":
+        return _sem_seg_example(sample, rng, num_per_sample, sem_seg_modes)
     queries, owners = flat_queries(sample)
     if not queries:
         return None
-    rng = sample_rng(seed, epoch, sample.key)
     turns = build_training_turns(queries, rng, num_per_sample, true_premise_prob)
     if not turns:
         return None
     return _example(sample, turns, queries, owners)
+
+
+def _dialogue_example(sample: Sample) -> ReadExample | None:
+    """VQA: the whole dialog is one row with no mask (upstream: ``exists=[False]``)."""
+    if not sample.dialogue:
+        return None
+    return ReadExample(image=decode_image(sample),
+                       conversations=[Dialogue(tuple(sample.dialogue))], masks=[None])
+
+
+def _sem_seg_example(sample: Sample, rng: np.random.Generator, num_per_sample: int,
+                     modes: SemSegModes) -> ReadExample | None:
+    """Semantic segmentation: every target is one class present (or one annotated instance)."""
+    owners = [t for t, target in enumerate(sample.targets) if target.queries]
+    present = [SemClass(sample.targets[t].queries[0].text, sample.targets[t].queries[0].part)
+               for t in owners]
+    absent = [SemClass(c.name, c.part) for c in sample.absent_classes]
+    turns = build_sem_seg_turns(present, absent, rng, num_per_sample, modes)
+    if not turns:
+        return None
+    masks = [sample.targets[owners[turn.query_index]].mask if turn.has_mask else None
+             for turn in turns]
+    return ReadExample(image=decode_image(sample),
+                       conversations=[(turn.question, turn.answer) for turn in turns],
+                       masks=masks)
 
 
 def evaluation_example(

@@ -16,7 +16,7 @@ from typing import Any
 
 from dataset_builders.sample import QuarantineEntry
 from pipelines import storage
-from pipelines.shard_format import SCHEMA_VERSION
+from pipelines.shard_format import READABLE_SCHEMAS, SCHEMA_VERSION
 
 MANIFEST_NAME = "manifest.json"
 
@@ -87,9 +87,9 @@ class Manifest:
             raise ManifestError(f"{where}: not JSON ({error})") from error
         if not isinstance(data, dict):
             raise ManifestError(f"{where}: expected a JSON object")
-        if data.get("schema") != SCHEMA_VERSION:
+        if data.get("schema") not in READABLE_SCHEMAS:
             raise ManifestError(f"{where}: shard schema {data.get('schema')!r}, this reader "
-                                f"understands {SCHEMA_VERSION}")
+                                f"understands {list(READABLE_SCHEMAS)}")
         try:
             shards = tuple(ShardEntry(str(s["name"]), int(s["num_samples"]), str(s["sha256"]),
                                       int(s["bytes"]), int(s.get("num_queries", 0)))

@@ -72,6 +72,10 @@ class RawInputs:
                         digest.update(f"{info.path}\0{info.size}\0{info.mtime_ns}\n".encode())
                 continue
             local = Path(self.root) / folder
+            if local.is_file():  # an annotation file given on its own (e.g. VQA's JSON)
+                info = local.stat()
+                digest.update(f"{info.st_size}\0{info.st_mtime_ns}\n".encode())
+                continue
             if not local.is_dir():
                 digest.update(b"<missing>")
                 continue

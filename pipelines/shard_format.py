@@ -1,4 +1,4 @@
-"""Canonical `Sample` <-> WebDataset members (shard schema version 1, docs/architecture.md §2).
+"""Canonical `Sample` <-> WebDataset members (shard schema version 2, docs/architecture.md §2).
 
 The manifest that lists the shards is `pipelines/manifest.py`.
 
@@ -7,6 +7,11 @@ One WebDataset sample per canonical sample, key = `Sample.key`:
 `<key>.masks.png` every target mask stacked vertically into one lossless 8-bit PNG [T*H, W].
 Decoding validates the schema so a shard written by another version, or damaged in transit,
 is refused with a reason instead of producing a wrong sample.
+
+Version 2 (the full training mix) adds to the json member: ``absent_classes`` (semantic
+segmentation: names of the classes the image lacks, a plain string or an ``[object, part]``
+pair each), ``dialogue`` (VQA: ``[question, answer]`` turns) and the query field ``part``; the
+first two appear only when non-empty. A version-1 shard holds none of them and reads as before.
 """
 
 from __future__ import annotations
@@ -21,9 +26,18 @@ from typing import Any
 import cv2
 import numpy as np
 
-from dataset_builders.sample import MASK_BACKGROUND, MASK_IGNORE, MASK_OBJECT, Query, Sample, Target
+from dataset_builders.sample import (
+    MASK_BACKGROUND,
+    MASK_IGNORE,
+    MASK_OBJECT,
+    ClassName,
+    Query,
+    Sample,
+    Target,
+)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)  # version 1 is version 2 without the mix's fields
 SHARD_PATTERN = re.compile(r"^shard-\d{6}\.tar$")
 IMAGE_MEMBER = "jpg"
 META_MEMBER = "json"
@@ -56,6 +70,11 @@ def encode_sample(sample: Sample) -> dict[str, Any]:
             for t in sample.targets
         ],
     }
+    if sample.absent_classes:
+        meta["absent_classes"] = [c.name if not c.part else [c.name, c.part]
+                                  for c in sample.absent_classes]
+    if sample.dialogue:
+        meta["dialogue"] = [[question, answer] for question, answer in sample.dialogue]
     return {
         "__key__": sample.key,
         IMAGE_MEMBER: bytes(sample.image_bytes),
@@ -119,10 +138,12 @@ def decode_sample(members: dict[str, Any]) -> Sample:
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ShardFormatError(
                 f"sample {key!r}: json member is not valid JSON: {error}") from error
-    if not isinstance(meta, dict) or meta.get("schema") != SCHEMA_VERSION:
+    if not isinstance(meta, dict) or meta.get("schema") not in READABLE_SCHEMAS:
         found = meta.get("schema") if isinstance(meta, dict) else type(meta).__name__
         raise ShardFormatError(
-            f"sample {key!r}: shard schema {found!r}, this reader understands {SCHEMA_VERSION}"
+            f"sample {key!r}: shard schema {found!r}; this reader understands versions "
+            f"{list(READABLE_SCHEMAS)} (rebuild the shards with this version's build_shards, or "
+            "read them with the version that wrote them)"
         )
     try:
         height, width = int(meta["height"]), int(meta["width"])
@@ -141,6 +162,8 @@ def decode_sample(members: dict[str, Any]) -> Sample:
                 for mask, q, t in zip(masks, queries, target_meta, strict=True)
             ],
             source={str(k): str(v) for k, v in dict(meta.get("source", {})).items()},
+            absent_classes=_absent_classes(meta.get("absent_classes", [])),
+            dialogue=_dialogue(meta.get("dialogue", [])),
         )
     except (KeyError, TypeError, ValueError) as error:
         if isinstance(error, ShardFormatError):
@@ -170,6 +193,27 @@ def tar_bytes(samples: list[dict[str, Any]]) -> bytes:
 
 def shard_name(index: int) -> str:
     return f"shard-{index:06d}.tar"
+
+
+def _absent_classes(raw: Any) -> list[ClassName]:
+    out = []
+    for item in list(raw):
+        if isinstance(item, str):
+            out.append(ClassName(item))
+        elif isinstance(item, list) and len(item) == 2 and all(isinstance(v, str) for v in item):
+            out.append(ClassName(item[0], item[1]))
+        else:
+            raise ShardFormatError(f"absent class {item!r} is neither a name nor [object, part]")
+    return out
+
+
+def _dialogue(raw: Any) -> list[tuple[str, str]]:
+    turns = []
+    for turn in list(raw):
+        if not (isinstance(turn, list) and len(turn) == 2 and all(isinstance(v, str) for v in turn)):
+            raise ShardFormatError(f"dialogue turn {turn!r} is not [question, answer]")
+        turns.append((turn[0], turn[1]))
+    return turns
 
 
 def _query_fields(raw: dict[str, Any]) -> dict[str, Any]:

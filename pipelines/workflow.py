@@ -197,16 +197,25 @@ def _fmt(value: Any) -> str:
 
 
 def baseline_table(evaluation: dict[str, Any]) -> str:
-    """The model's pooled gIoU/cIoU next to the empty-mask and whole-image baselines.
+    """The model's pooled figures next to the two constant predictors, on the same queries.
 
-    Each row says how many queries its gIoU/cIoU are computed on (the queries whose object is
-    present); all three are scored on the same shards, so the counts agree.
+    gIoU/cIoU over the queries whose object is present (their count in the second column); See
+    (presence accuracy) over every query of the groups with false premises; Say over the false
+    premises that carry a `gt_sent` (docs/evaluation.md). The empty mask never says "present",
+    the whole image always does.
     """
+    from pipelines.baselines import PRESENCE
+
     rows = [("trained model", evaluation["metrics"])]
-    rows += [(f"baseline: {kind.replace('_', ' ')}", m) for kind, m in evaluation["baselines"].items()]
-    lines = ["| predictor | queries | gIoU | cIoU |", "|---|---|---|---|"]
-    lines += [f"| {name} | {_count(m.get('true_premise_count'))} | {_fmt(m.get('giou'))} | "
-              f"{_fmt(m.get('ciou'))} |" for name, m in rows]
+    rows += [(f"baseline: {PRESENCE.get(kind, kind)} ({kind.replace('_', ' ')})", m)
+             for kind, m in evaluation["baselines"].items()]
+    lines = ["| predictor | queries | gIoU | cIoU | See | Say | Say queries |",
+             "|---|---|---|---|---|---|---|"]
+    for name, m in rows:
+        count = m.get("say_count")
+        lines.append(f"| {name} | {_count(m.get('true_premise_count'))} | {_fmt(m.get('giou'))} | "
+                     f"{_fmt(m.get('ciou'))} | {_fmt(m.get('see'))} | {_fmt(m.get('say'))} | "
+                     f"{'n.a.' if count is None else int(count)} |")
     return "\n".join(lines)
 
 
@@ -258,7 +267,7 @@ def _report(client: Any, result: dict[str, Any], tracking_uri: str) -> None:
     _banner(f"{trained['model_name']} v{trained['version']} on the evaluation data (scores in %)")
     result["metrics_table"] = metrics_table(client, last["evaluation_run_id"])
     print(result["metrics_table"])
-    _banner("trained model against trivial baselines (same queries)")
+    _banner("trained model against constant predictors (same queries; scores in %)")
     result["baseline_table"] = baseline_table(last)
     print(result["baseline_table"])
     if len(evaluated) > 1:

@@ -17,7 +17,8 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from read_model.config import LlavaConfig, ReadConfig
-from read_model.labels import IGNORE_INDEX, encode_conversation, encode_prompt
+from read_model.conversation import Dialogue
+from read_model.labels import IGNORE_INDEX, encode_dialogue, encode_prompt
 from read_model.preprocess import check_rgb_image, clip_preprocess, sam_preprocess
 from read_model.tokenizer import special_token_ids
 
@@ -29,14 +30,23 @@ def num_image_tokens_for(llava: LlavaConfig) -> int:
     return (llava.vision_image_size // llava.vision_patch_size) ** 2
 
 
+Conversation = tuple[str, str] | Dialogue  # one row: a (question, answer) turn or a dialogue
+
+
+def conversation_turns(conversation: Conversation) -> tuple[tuple[str, str], ...]:
+    """The (question, answer) turns of one row."""
+    return conversation.turns if isinstance(conversation, Dialogue) else (conversation,)
+
+
 @dataclass
 class ReadExample:
-    """One image and its single-turn conversations (model side, no files)."""
+    """One image and its conversations (model side, no files), one training row each."""
 
     image: np.ndarray  # uint8 RGB [H, W, 3]
-    conversations: list[tuple[str, str]]  # (question with "<image>\n" prefix, answer)
-    # Per conversation: [H, W] (one [SEG]) or [k, H, W] (k [SEG]) with 1 object, 0 background,
-    # 255 ignore; None when the answer has no [SEG].
+    # (question with "<image>\n" prefix, answer), or a multi-turn `Dialogue` (VQA)
+    conversations: list[Conversation]
+    # Per conversation: [H, W] (one [SEG]) or [k, H, W] (k [SEG], in answer order) with 1
+    # object, 0 background, 255 ignore; None when no answer has a [SEG].
     masks: list[np.ndarray | None]
 
 
@@ -159,12 +169,14 @@ def collate_train(
             )
         shape = tuple(example.image.shape[:2])
         image_masks = []
-        for conv_index, ((question, answer), mask) in enumerate(
+        for conv_index, (conversation, mask) in enumerate(
             zip(example.conversations, example.masks, strict=True)
         ):
             where = f"example {image_index}, conversation {conv_index}"
-            stack = _masks_for_row(mask, answer.count(tok_cfg.seg_token), shape, where)
-            row = encode_conversation(question, answer, tokenizer, ids, num_image_tokens, tok_cfg)
+            turns = conversation_turns(conversation)
+            expected = sum(answer.count(tok_cfg.seg_token) for _, answer in turns)
+            stack = _masks_for_row(mask, expected, shape, where)
+            row = encode_dialogue(Dialogue(turns), tokenizer, ids, num_image_tokens, tok_cfg)
             kept = sum(1 for t in row.input_ids if t == ids.seg)
             rows_ids.append(row.input_ids)
             rows_labels.append(row.labels)

@@ -3,7 +3,9 @@
 A single-turn conversation renders as ``"{system} USER: {question} ASSISTANT: {answer}</s>"``; the
 generation prompt stops at ``"ASSISTANT:"`` so the model writes the answer itself. Training text
 is the generation prompt plus ``" {answer}</s>"``, which keeps the label boundary exact and makes
-the training tokens the ones the model is asked to generate.
+the training tokens the ones the model is asked to generate. A multi-turn `Dialogue` (VQA)
+continues with ``"USER: {question} ASSISTANT: {answer}</s>"`` per further turn, with no space
+after ``</s>``, as upstream's ``SeparatorStyle.TWO`` ``get_prompt`` writes it.
 """
 
 from __future__ import annotations
@@ -39,6 +41,26 @@ LLAVA_V1 = ConversationTemplate(system=LLAVA_V1_SYSTEM)
 VICUNA_V1 = ConversationTemplate(system=VICUNA_V1_SYSTEM)
 
 
+@dataclass(frozen=True)
+class Dialogue:
+    """A multi-turn conversation, one training row: (question, answer) turns in order.
+
+    Exactly one question carries the image placeholder (upstream puts it first in its message);
+    every assistant turn counts in the loss (`read_model.labels.encode_dialogue`).
+    """
+
+    turns: tuple[tuple[str, str], ...]
+
+    def __post_init__(self) -> None:
+        if not self.turns:
+            raise ValueError("a dialogue needs at least one (question, answer) turn")
+        object.__setattr__(self, "turns", tuple((str(q), str(a)) for q, a in self.turns))
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        return tuple(answer for _, answer in self.turns)
+
+
 def wrap_image_token(
     text: str,
     use_im_start_end: bool,
@@ -68,3 +90,17 @@ def answer_suffix(answer: str, template: ConversationTemplate = LLAVA_V1) -> str
 def render_training(question: str, answer: str, template: ConversationTemplate = LLAVA_V1) -> str:
     """The full training text of one single-turn conversation."""
     return render_prompt(question, template) + answer_suffix(answer, template)
+
+
+def user_turn(question: str, template: ConversationTemplate = LLAVA_V1) -> str:
+    """A further turn's prompt text after the previous ``</s>``: ends with the bare role."""
+    return f"{template.user_role}: {question}{template.sep}{template.assistant_role}:"
+
+
+def render_dialogue(dialogue: Dialogue, template: ConversationTemplate = LLAVA_V1) -> str:
+    """The full training text of a dialogue (equal to `render_training` for one turn)."""
+    (question, answer), *rest = dialogue.turns
+    text = render_training(question, answer, template)
+    for question, answer in rest:
+        text += user_turn(question, template) + answer_suffix(answer, template)
+    return text

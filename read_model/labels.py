@@ -26,7 +26,14 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from read_model.config import TokenizerConfig
-from read_model.conversation import LLAVA_V1, ConversationTemplate, render_prompt, wrap_image_token
+from read_model.conversation import (
+    LLAVA_V1,
+    ConversationTemplate,
+    Dialogue,
+    render_prompt,
+    user_turn,
+    wrap_image_token,
+)
 from read_model.tokenizer import SpecialTokenIds
 
 IGNORE_INDEX = -100
@@ -159,12 +166,80 @@ def encode_conversation(
     Rows longer than `cfg.model_max_length` (image tokens included) lose the end of the answer;
     a prompt that alone does not fit is an error, since cutting it would cut the image.
     """
-    prompt_ids = encode_prompt(question, tokenizer, ids, num_image_tokens, cfg, template)
-    if cfg.added_token_spacing == "tokenizer":
-        answer_ids = encode_answer(answer, tokenizer, ids, cfg)
-    else:
-        text = render_prompt(_wrapped(question, cfg), template) + f" {answer}"
-        full = _image_text_ids(text, tokenizer, ids, num_image_tokens, cfg)
+    _check_question(question, num_image_tokens, cfg)
+    return encode_dialogue(Dialogue(((question, answer),)), tokenizer, ids, num_image_tokens,
+                           cfg, template)
+
+
+def _check_dialogue(dialogue: Dialogue, num_image_tokens: int, cfg: TokenizerConfig) -> None:
+    images = [i for i, (q, _) in enumerate(dialogue.turns) if cfg.image_token in q]
+    in_answers = [i for i, a in enumerate(dialogue.answers) if cfg.image_token in a]
+    if len(images) != 1 or dialogue.turns[images[0]][0].count(cfg.image_token) != 1 or in_answers:
+        raise ValueError(
+            f"a dialogue must hold exactly one {cfg.image_token!r}, in a question; got questions "
+            f"{images} and answers {in_answers} holding it")
+    if num_image_tokens < 1:
+        raise ValueError(f"num_image_tokens must be >= 1, got {num_image_tokens}")
+
+
+def _dialogue_ids(
+    text: str,
+    tokenizer: PreTrainedTokenizerBase,
+    ids: SpecialTokenIds,
+    num_image_tokens: int,
+    cfg: TokenizerConfig,
+    template: ConversationTemplate,
+) -> list[int]:
+    """BOS + `text` with upstream spacing; ``</s>`` between turns is EOS, with the whitespace
+    next to it kept (transformers 4.31 loads it as an AddedToken without lstrip/rstrip, so an
+    answer's trailing newline is a token: tests/fixtures/token_parity, "dialog_*")."""
+    out = [ids.bos]
+    for index, chunk in enumerate(text.split(cfg.image_token)):
+        if index:
+            out += [ids.image] * num_image_tokens
+        for turn, segment in enumerate(chunk.split(template.sep2)):
+            if turn:
+                out.append(ids.eos)
+            out += text_ids(tokenizer, segment, cfg)
+    return out
+
+
+def _image_chunk_ids(
+    text: str, tokenizer: PreTrainedTokenizerBase, ids: SpecialTokenIds, num_image_tokens: int,
+    cfg: TokenizerConfig,
+) -> list[int]:
+    """`text` encoded by the tokenizer itself, around at most one image placeholder (no BOS)."""
+    out: list[int] = []
+    for index, chunk in enumerate(text.split(cfg.image_token)):
+        if index:
+            out += [ids.image] * num_image_tokens
+        out += _encode(tokenizer, chunk) if chunk else []
+    return out
+
+
+def _turns_upstream(
+    dialogue: Dialogue, tokenizer: PreTrainedTokenizerBase, ids: SpecialTokenIds,
+    num_image_tokens: int, cfg: TokenizerConfig, template: ConversationTemplate,
+) -> tuple[list[int], list[int], int]:
+    """Ids, labels and the first prompt's length, tokenising the growing text as upstream.
+
+    Every prefix must tokenise to a prefix of the next (each answer in context after its
+    prompt, each new turn after ``</s>``), so the labels are exactly the answer tokens.
+    """
+    text = f"{template.system}{template.sep}"
+    input_ids: list[int] = []
+    labels: list[int] = []
+    first_prompt = 0
+    for question, answer in dialogue.turns:
+        text += user_turn(_wrapped(question, cfg), template)
+        prompt_ids = _dialogue_ids(text, tokenizer, ids, num_image_tokens, cfg, template)
+        if prompt_ids[: len(input_ids)] != input_ids:
+            raise ValueError(f"the tokenizer merges the turn {question[:40]!r} into the previous "
+                             "answer; the labels would not be upstream's")
+        first_prompt = first_prompt or len(prompt_ids)
+        labels += [IGNORE_INDEX] * (len(prompt_ids) - len(input_ids))
+        text += f" {answer}"
+        full = _dialogue_ids(text, tokenizer, ids, num_image_tokens, cfg, template)
         if full[: len(prompt_ids)] != prompt_ids:
             raise ValueError(
                 f"the tokenizer merges the answer {answer[:40]!r} into the prompt; training "
@@ -172,16 +247,59 @@ def encode_conversation(
                 "tokenizer or tokenizer.added_token_spacing=tokenizer)"
             )
         answer_ids = [*full[len(prompt_ids) :], ids.eos]
+        labels += answer_ids
+        input_ids = [*full, ids.eos]
+        text += template.sep2
+    return input_ids, labels, first_prompt
+
+
+def _turns_tokenizer(
+    dialogue: Dialogue, tokenizer: PreTrainedTokenizerBase, ids: SpecialTokenIds,
+    num_image_tokens: int, cfg: TokenizerConfig, template: ConversationTemplate,
+) -> tuple[list[int], list[int], int]:
+    """Ids, labels and the first prompt's length, each turn and each answer encoded alone."""
+    input_ids = [ids.bos]
+    labels = [IGNORE_INDEX]
+    first_prompt = 0
+    for index, (question, answer) in enumerate(dialogue.turns):
+        head = f"{template.system}{template.sep}" if index == 0 else ""
+        prompt = _image_chunk_ids(head + user_turn(_wrapped(question, cfg), template),
+                                  tokenizer, ids, num_image_tokens, cfg)
+        input_ids += prompt
+        labels += [IGNORE_INDEX] * len(prompt)
+        first_prompt = first_prompt or len(input_ids)
+        answer_ids = encode_answer(answer, tokenizer, ids, cfg)
+        input_ids += answer_ids
+        labels += answer_ids
+    return input_ids, labels, first_prompt
+
+
+def encode_dialogue(
+    dialogue: Dialogue,
+    tokenizer: PreTrainedTokenizerBase,
+    ids: SpecialTokenIds,
+    num_image_tokens: int,
+    cfg: TokenizerConfig,
+    template: ConversationTemplate = LLAVA_V1,
+) -> EncodedRow:
+    """Ids and labels of a (multi-turn) conversation; every answer and its EOS count in the loss.
+
+    Upstream's rule (`READ:dataloaders/utils.py` `handle_conversation_specifics`): split the
+    rendered text on ``</s>`` into rounds and mask each round's instruction, so every assistant
+    turn is a target. One turn gives exactly `encode_conversation`'s row. A row longer than
+    `cfg.model_max_length` loses its end; it is an error when the first prompt or the image does
+    not fit.
+    """
+    _check_dialogue(dialogue, num_image_tokens, cfg)
+    encode = _turns_tokenizer if cfg.added_token_spacing == "tokenizer" else _turns_upstream
+    input_ids, labels, first_prompt = encode(dialogue, tokenizer, ids, num_image_tokens, cfg,
+                                             template)
     limit = cfg.model_max_length
-    if len(prompt_ids) >= limit:
+    last_image = max(i for i, t in enumerate(input_ids) if t == ids.image)
+    if first_prompt >= limit or last_image >= limit:
         raise ValueError(
-            f"prompt of {len(prompt_ids)} tokens ({num_image_tokens} image tokens) leaves no room "
-            f"for an answer within model_max_length={limit}"
+            f"prompt of {first_prompt} tokens ({num_image_tokens} image tokens, the image ending "
+            f"at {last_image + 1}) leaves no room for an answer within model_max_length={limit}"
         )
-    truncated = len(prompt_ids) + len(answer_ids) > limit
-    answer_ids = answer_ids[: limit - len(prompt_ids)]
-    return EncodedRow(
-        input_ids=prompt_ids + answer_ids,
-        labels=[IGNORE_INDEX] * len(prompt_ids) + answer_ids,
-        truncated=truncated,
-    )
+    truncated = len(input_ids) > limit
+    return EncodedRow(input_ids=input_ids[:limit], labels=labels[:limit], truncated=truncated)

@@ -2,9 +2,13 @@
 
 Training draws templates at random from a caller-owned ``numpy.random.Generator`` so a data
 worker's seed fully determines its conversations (`READ:dataloaders/reason_seg_dataset.py`,
-`READ:dataloaders/refer_seg_dataset.py`: which template families, modes and answers; the RNG is
-the project's own, docs/fidelity.md). Evaluation turns use LISA's fixed templates and a
-teacher-forced answer, as upstream's ReasonSeg validation does.
+`READ:dataloaders/refer_seg_dataset.py`, `READ:dataloaders/sem_seg_dataset.py`: which template
+families, modes and answers; the RNG is the project's own, docs/fidelity.md). A false premise is
+answered without ``[SEG]``: with its literal answer (ReasonSeg FP-QA), a correction naming
+``gt_sent`` (FP-RefCOCO, kind "correct_refer"), or a denial (R-RefCOCO and every other REFER
+set). Semantic segmentation draws one premise mode per image (true 0.85, denial 0.07,
+correction 0.08) and asks about several classes present or absent. Evaluation turns use LISA's
+fixed templates and a teacher-forced answer, as upstream's ReasonSeg validation does.
 """
 
 from __future__ import annotations
@@ -17,10 +21,38 @@ import numpy as np
 
 from read_model import templates as T
 
-QueryKind = Literal["reason", "refer"]
+QueryKind = Literal["reason", "refer", "correct_refer"]
 
 # Upstream's ReasonSeg loader picks the true-premise mode with this probability per image.
 DEFAULT_TRUE_PREMISE_PROB = 0.85
+
+
+@dataclass(frozen=True)
+class SemSegModes:
+    """Premise modes of a semantic-segmentation image (`READ:dataloaders/sem_seg_dataset.py`
+    ``SemSegDataset.weights``): ask about present classes, deny absent ones, or correct an absent
+    one by naming a present one."""
+
+    true_premise: float = 0.85
+    denial: float = 0.07
+    correction: float = 0.08
+
+    def probabilities(self) -> np.ndarray:
+        weights = np.array([self.true_premise, self.denial, self.correction], dtype=np.float64)
+        if (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(f"sem-seg mode weights must be >= 0 with a positive sum: {weights}")
+        return weights / weights.sum()
+
+
+DEFAULT_SEM_SEG_MODES = SemSegModes()
+
+
+@dataclass(frozen=True)
+class SemClass:
+    """A semantic-segmentation class as a question names it: a name, or an object's part."""
+
+    name: str
+    part: str = ""
 
 
 @dataclass(frozen=True)
@@ -68,16 +100,18 @@ def _reason_turn(query: TurnQuery, index: int, rng: np.random.Generator) -> Turn
 
 
 def _refer_turn(query: TurnQuery, index: int, rng: np.random.Generator) -> Turn:
-    name = query.text.lower()
-    question = _pick(rng, T.SHORT_QUESTION_TEMPLATES).format(class_name=name)
+    """Upstream's `create_conversations`: the question names the sentence lower-cased, the
+    answer names it stripped too; a false premise gets a correction naming ``gt_sent`` in
+    FP-RefCOCO (a denial when it has none: upstream would name nothing) and a denial elsewhere."""
+    question = _pick(rng, T.SHORT_QUESTION_TEMPLATES).format(class_name=query.text.lower())
+    name = query.text.strip().lower()
     if query.exists:
         return Turn(
             question, _pick(rng, T.SHORT_ANSWER_TEMPLATES).format(class_name=name), True, index
         )
-    if query.gt_sent:
-        answer = _pick(rng, T.CORRECT_ANSWER_TEMPLATES).format(
-            class_name=name, gt_name=query.gt_sent.lower()
-        )
+    gt_name = query.gt_sent.strip().lower()
+    if query.kind == "correct_refer" and gt_name:
+        answer = _pick(rng, T.CORRECT_ANSWER_TEMPLATES).format(class_name=name, gt_name=gt_name)
         return Turn(question, answer, False, index)
     return Turn(question, _pick(rng, T.NEG_ANSWER_TEMPLATES).format(class_name=name), False, index)
 
@@ -86,7 +120,7 @@ def _candidates(
     queries: Sequence[TurnQuery], rng: np.random.Generator, true_premise_prob: float
 ) -> list[int]:
     """Indices eligible this draw: ReasonSeg picks one premise mode per image, like upstream."""
-    refer = [i for i, q in enumerate(queries) if q.kind == "refer"]
+    refer = [i for i, q in enumerate(queries) if q.kind != "reason"]
     reason_true = [i for i, q in enumerate(queries) if q.kind == "reason" and q.exists]
     reason_false = [i for i, q in enumerate(queries) if q.kind == "reason" and not q.exists]
     if not reason_true and not reason_false:
@@ -119,6 +153,70 @@ def build_training_turns(
         query = queries[index]
         build = _reason_turn if query.kind == "reason" else _refer_turn
         turns.append(build(query, index, rng))
+    return turns
+
+
+def class_phrase(cls: SemClass, rng: np.random.Generator) -> str:
+    """A class as a question names it: a part reads "dog head" or "the head of the dog", 50/50
+    (`READ:dataloaders/sem_seg_dataset.py` `generate_class_names`)."""
+    if not cls.part:
+        return cls.name
+    if rng.random() < 0.5:
+        return f"{cls.name} {cls.part}"
+    return f"the {cls.part} of the {cls.name}"
+
+
+def _sample_indices(rng: np.random.Generator, count: int, k: int) -> list[int]:
+    """Up to `k` of range(count) without replacement (all of them, in order, when fewer)."""
+    if count <= k:
+        return list(range(count))
+    return [int(i) for i in rng.choice(count, size=k, replace=False)]
+
+
+def build_sem_seg_turns(
+    present: Sequence[SemClass],
+    absent: Sequence[SemClass],
+    rng: np.random.Generator,
+    num_per_sample: int,
+    modes: SemSegModes = DEFAULT_SEM_SEG_MODES,
+) -> list[Turn]:
+    """One premise mode for the image, then one turn per sampled present class.
+
+    True premise: a short question and a short answer with ``[SEG]`` about each sampled present
+    class (`Turn.query_index` is its index in `present`, whose mask it segments). Denial: the
+    question names a sampled absent class, the answer denies it. Correction: the same question,
+    answered by naming the present class of that turn. A false-premise mode with no absent class
+    falls back to the true premise (upstream fails on such an image); with fewer absent than
+    present classes it asks about as many as there are (upstream raised IndexError).
+    """
+    if num_per_sample < 1:
+        raise ValueError(f"num_per_sample must be >= 1, got {num_per_sample}")
+    if not present:
+        return []
+    mode = int(rng.choice(3, p=modes.probabilities()))
+    positives = _sample_indices(rng, len(present), num_per_sample)
+    negatives = _sample_indices(rng, len(absent), num_per_sample)
+    if not negatives:
+        mode = 0
+    pos_names = [class_phrase(present[i], rng).lower() for i in positives]
+    neg_names = [class_phrase(absent[i], rng).lower() for i in negatives]
+    turns = []
+    count = len(positives) if mode == 0 else min(len(positives), len(negatives))
+    for j in range(count):
+        template = _pick(rng, T.SHORT_QUESTION_TEMPLATES)
+        if mode == 0:
+            answer = _pick(rng, T.SHORT_ANSWER_TEMPLATES).format(class_name=pos_names[j])
+            turns.append(Turn(template.format(class_name=pos_names[j]), answer, True,
+                              positives[j]))
+        elif mode == 1:
+            answer = _pick(rng, T.NEG_ANSWER_TEMPLATES).format(class_name=neg_names[j])
+            turns.append(Turn(template.format(class_name=neg_names[j]), answer, False,
+                              positives[j]))
+        else:
+            answer = _pick(rng, T.CORRECT_ANSWER_TEMPLATES).format(
+                class_name=neg_names[j], gt_name=pos_names[j])
+            turns.append(Turn(template.format(class_name=neg_names[j]), answer, False,
+                              positives[j]))
     return turns
 
 

@@ -96,13 +96,30 @@ def absent_object(index: int, scene: Scene, rng: np.random.Generator) -> tuple[s
     """(colour, kind) of an object NOT in the scene, sharing the kind or colour of shape `index`.
 
     Sharing an attribute makes the false premise a near miss ("the purple circle" when there is
-    a red one), which is what FP-RefCOCO's LLM-written variants look like.
+    a red one), which is what FP-RefCOCO's LLM-written variants look like. The kind is kept and
+    a colour no shape has is preferred, so the premise is false at a glance (no shape of that
+    colour) and a small model can learn to see it; otherwise any absent near pair.
     """
     shape = scene.shapes[index]
     present = {(s.colour, s.kind) for s in scene.shapes}
+    colours = {s.colour for s in scene.shapes}
+    unseen = [(c.name, shape.kind) for c in COLOURS if c.name not in colours]
+    if unseen:
+        return unseen[int(rng.integers(len(unseen)))]
     near = [(c.name, shape.kind) for c in COLOURS] + [(shape.colour, k.name) for k in KINDS]
     near = [pair for pair in near if pair not in present]
     if not near:
         near = [(c.name, k.name) for c in COLOURS for k in KINDS if (c.name, k.name) not in present]
     colour, kind = near[int(rng.integers(len(near)))]
     return colour, kind
+
+
+def absent_expression(index: int, scene: Scene, rng: np.random.Generator,
+                      *, with_location: bool = True) -> str:
+    """A false-premise referring expression worded exactly like a true one (size and location of
+    shape `index`, an absent colour/kind), so only the image tells them apart."""
+    colour, kind = absent_object(index, scene, rng)
+    shape = scene.shapes[index]
+    fake = Shape(kind, colour, shape.center, shape.radius, shape.polygon, shape.full_mask,
+                 shape.visible_mask)
+    return referring_expression(fake, scene, rng, with_location=with_location)

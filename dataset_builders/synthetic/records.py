@@ -13,12 +13,13 @@ import numpy as np
 from pycocotools import mask as coco_mask
 
 from dataset_builders.synthetic.language import (
+    absent_expression,
     absent_object,
     long_referring_expression,
     reasoning_queries,
     referring_expression,
 )
-from dataset_builders.synthetic.scene import Scene, Shape, location_phrase
+from dataset_builders.synthetic.scene import Scene, Shape
 from dataset_builders.synthetic.vocabulary import KINDS
 
 CATEGORY_ID = {k.name: i + 1 for i, k in enumerate(KINDS)}
@@ -170,13 +171,20 @@ def ref_sentences(
         texts = [referring_expression(shape, scene, rng) for _ in range(count)]
     sentences = [_sentence(t) for t in _unique(texts)]
     if dataset.startswith("fprefcoco"):
+        # FP-RefCOCO: a false premise worded like the true ones, whose correction names the
+        # object that is there (`gt_sent`, what the Say score looks for in the answer).
         for sentence in sentences:
             sentence.update(is_false_premise=False, gt_sent=sentence["sent"])
-        colour, kind = absent_object(index, scene, rng)
-        where = f" {location_phrase(shape, scene)}" if rng.random() < 0.5 else ""
-        false = _sentence(f"the {colour} {kind}{where}")
-        false.update(is_false_premise=True, gt_sent=sentences[0]["sent"])
+        false = _sentence(absent_expression(index, scene, rng))
+        false.update(is_false_premise=True, gt_sent=f"the {shape.colour} {shape.kind}")
         sentences.append(false)
+    elif dataset.startswith("R-refcoco"):
+        # R-RefCOCO: every sentence says whether its object exists; negatives are denied.
+        for sentence in sentences:
+            sentence["exist"] = True
+        negative = _sentence(absent_expression(index, scene, rng))
+        negative["exist"] = False
+        sentences.append(negative)
     return sentences
 
 

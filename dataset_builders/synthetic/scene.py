@@ -41,6 +41,10 @@ class SceneConfig:
     shape_colour_jitter: int = 14
     small_radius_frac: float = 0.14  # below: "small"; above large_radius_frac: "large"
     large_radius_frac: float = 0.20
+    # Shapes lie inside the central square the CLIP preprocessing keeps (its centre crop), so
+    # the language model sees every object it is asked about; the margins of a long side stay
+    # background. False: anywhere in the image.
+    inside_clip_crop: bool = True
 
 
 @dataclass
@@ -125,13 +129,17 @@ def _place_shapes(
     chosen = rng.choice(len(pairs), size=count, replace=False)
     short = min(width, height)
     radii = np.sort(rng.uniform(s.min_radius_frac, s.max_radius_frac, size=count) * short)[::-1]
+    x0, y0, x1, y1 = 0.0, 0.0, float(width), float(height)
+    if s.inside_clip_crop:  # the centre crop of the shorter side
+        x0, y0 = (width - short) / 2, (height - short) / 2
+        x1, y1 = x0 + short, y0 + short
     placed: list[Shape] = []
     for pair_index, radius in zip(chosen, radii, strict=True):
         kind, colour = pairs[int(pair_index)]
         for _ in range(s.placement_tries):
             center = (
-                float(rng.uniform(radius + 1, width - radius - 2)),
-                float(rng.uniform(radius + 1, height - radius - 2)),
+                float(rng.uniform(x0 + radius + 1, x1 - radius - 2)),
+                float(rng.uniform(y0 + radius + 1, y1 - radius - 2)),
             )
             polygon = shape_polygon(
                 kind, center, float(radius), float(rng.uniform(0, 2 * np.pi)), s

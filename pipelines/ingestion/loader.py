@@ -35,6 +35,7 @@ from pipelines.integrity import (
 )
 from pipelines.shard_reader import DEFAULT_CACHE_DIR, ShardCache
 from pipelines.shard_sets import ShardSet, ShardSetError, open_version
+from read_model.turns import DEFAULT_SEM_SEG_MODES, SemSegModes
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class LoaderOptions:
     rates: tuple[float, ...]
     num_per_sample: int
     true_premise_prob: float
+    sem_seg_modes: SemSegModes = DEFAULT_SEM_SEG_MODES
     loader_workers: int = 2
     prefetch_batches: int = 2
     open_units: int = 2
@@ -106,7 +108,8 @@ class PartBatches(IterableDataset):
                 try:
                     example = training_example(drawn.sample, num_per_sample=options.num_per_sample,
                                                seed=options.seed, epoch=drawn.ref.epoch,
-                                               true_premise_prob=options.true_premise_prob)
+                                               true_premise_prob=options.true_premise_prob,
+                                               sem_seg_modes=options.sem_seg_modes)
                 except (ValueError, OSError) as error:  # an image PIL cannot decode
                     report.sample_skipped(f"unusable image: {error}")
                     continue

@@ -4,8 +4,9 @@ The driver resolves every `<dataset>/<split>` of `data.train` and `data.val` onc
 (`pipelines/shard_sets.py`) and hands the workers the version folders (`pinned_urls`), so every
 rank, every restart and every resumed run reads the same bytes, whatever a rebuild does to the
 pointers meanwhile. Training batches come from `pipelines/ingestion/loader.py` (prepared in
-DataLoader worker processes, resumable under any world size); validation reads every val sample
-once, split by rank, with fixed templates.
+DataLoader worker processes, resumable under any world size), datasets mixed by
+`pipelines.mixing.train_rates`; validation reads every val sample once, split by rank, with
+fixed templates.
 """
 
 from __future__ import annotations
@@ -14,17 +15,24 @@ import functools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from pipelines.config import JobConfig
+from pipelines.config import DataConfig, JobConfig
 from pipelines.examples import evaluation_example
 from pipelines.ingestion.loader import LoaderOptions, TrainBatches, pinned_shard_sets
 from pipelines.ingestion.loader import restore as restore_data
 from pipelines.ingestion.sequential import rank_samples
 from pipelines.integrity import IntegrityReport, resolve_policy
+from pipelines.mixing import train_rates
 from pipelines.shard_sets import ShardSet, open_version, resolve
 from read_model.batch import ReadExample, collate_train
+from read_model.turns import SemSegModes
 
-__all__ = ["loader_options", "open_pinned", "pinned_urls", "restore_data", "train_batches",
-           "validation_batches"]
+__all__ = ["loader_options", "open_pinned", "pinned_urls", "restore_data", "sem_seg_modes",
+           "train_batches", "validation_batches"]
+
+
+def sem_seg_modes(data: DataConfig) -> SemSegModes:
+    return SemSegModes(data.sem_seg_true_premise_prob, data.sem_seg_denial_prob,
+                       data.sem_seg_correction_prob)
 
 
 def pinned_urls(shard_sets: Sequence[ShardSet]) -> dict[str, str]:
@@ -42,12 +50,11 @@ def open_pinned(config: JobConfig, names: Sequence[str],
 
 def loader_options(config: JobConfig) -> LoaderOptions:
     data = config.data
-    rates = data.sample_rates or [1.0] * len(data.train)
     return LoaderOptions(
         batch_size=config.train.batch_size, seed=config.train.seed,
-        rates=tuple(float(r) for r in rates),
+        rates=tuple(train_rates(data)),
         num_per_sample=config.model.num_classes_per_sample,
-        true_premise_prob=data.true_premise_prob, loader_workers=data.loader_workers,
+        true_premise_prob=data.true_premise_prob, sem_seg_modes=sem_seg_modes(data), loader_workers=data.loader_workers,
         prefetch_batches=data.prefetch_batches, open_units=data.open_shards,
         cache_dir=data.cache_dir, cache_max_bytes=int(data.cache_max_gb * 2**30),
         policy=resolve_policy(data.on_damaged_shard, "train"),

@@ -85,8 +85,14 @@ def test_mask_of_wrong_size_is_refused():
     ("damage", "message"),
     [
         (lambda m: m.update({META_MEMBER: b"{not json"}), "not valid JSON"),
-        (lambda m: m.update({META_MEMBER: json.dumps({**json.loads(m[META_MEMBER]), "schema": 2})
-                             .encode()}), "schema 2"),
+        (lambda m: m.update({META_MEMBER: json.dumps({**json.loads(m[META_MEMBER]), "schema": 3})
+                             .encode()}), r"schema 3; this reader understands versions \[1, 2\]"),
+        (lambda m: m.update({META_MEMBER: json.dumps({**json.loads(m[META_MEMBER]),
+                                                      "absent_classes": [["a", "b", "c"]]})
+                             .encode()}), "neither a name nor"),
+        (lambda m: m.update({META_MEMBER: json.dumps({**json.loads(m[META_MEMBER]),
+                                                      "dialogue": [["only a question"]]})
+                             .encode()}), "not \\[question, answer\\]"),
         (lambda m: m.update({MASKS_MEMBER: b"\x89PNG broken"}), "not a readable PNG"),
         (lambda m: m.update({MASKS_MEMBER: cv2.imencode(".png", np.full((24, 32), 7, np.uint8))[1]
                              .tobytes()}), "shape"),
@@ -109,3 +115,34 @@ def test_tar_is_standard_and_reproducible():
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         names = tar.getnames()
     assert names == [f"toy_train_{i:05d}.{m}" for i in range(3) for m in ("jpg", "json", "masks.png")]
+
+
+def test_mix_fields_round_trip_and_version_1_still_reads():
+    """Schema 2 carries absent classes (names or [object, part]), a dialogue and query parts;
+    a version-1 member (written before the mix) decodes to the same sample without them."""
+    from dataset_builders.sample import ClassName, Query
+
+    sample = make_sample(3)
+    sample.targets[0].queries = [Query("dog", False, part="head")]
+    sample.absent_classes = [ClassName("wall"), ClassName("car", "wheel")]
+    sample.dialogue = [("<image>\nWhat is it?", "A dog."), ("Is it big?", "No.")]
+    members = encode_sample(sample)
+    meta = json.loads(members[META_MEMBER])
+    assert meta["schema"] == 2
+    assert meta["absent_classes"] == ["wall", ["car", "wheel"]]
+    decoded = decode_sample(members)
+    assert decoded.absent_classes == sample.absent_classes
+    assert decoded.dialogue == sample.dialogue
+    assert decoded.targets[0].queries == sample.targets[0].queries
+
+    plain = make_sample(4)
+    old = encode_sample(plain)
+    old_meta = json.loads(old[META_MEMBER])
+    old_meta["schema"] = 1
+    for target in old_meta["targets"]:
+        for query in target["queries"]:
+            del query["part"]  # version 1 had no such field
+    old[META_MEMBER] = json.dumps(old_meta).encode()
+    again = decode_sample(old)
+    assert again.absent_classes == [] and again.dialogue == []
+    assert [t.queries for t in again.targets] == [t.queries for t in plain.targets]

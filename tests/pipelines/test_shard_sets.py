@@ -39,9 +39,9 @@ def test_manifest_round_trips_and_refuses_inconsistency(tmp_path):
     (tmp_path / MANIFEST_NAME).write_text(json.dumps(raw))
     with pytest.raises(ManifestError, match="content_hash disagrees"):
         read_manifest(str(tmp_path))
-    raw["schema"] = 2
+    raw["schema"] = 3  # a later version than this reader knows
     (tmp_path / MANIFEST_NAME).write_text(json.dumps(raw))
-    with pytest.raises(ManifestError, match="schema 2"):
+    with pytest.raises(ManifestError, match="schema 3"):
         read_manifest(str(tmp_path))
     with pytest.raises(ManifestError, match="did not finish"):
         read_manifest(str(tmp_path / "absent"))

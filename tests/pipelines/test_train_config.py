@@ -137,7 +137,7 @@ def test_resume_with_another_world_size_rederives_rng(tmp_path):
 def test_preflight_names_missing_shards(tmp_path):
     config = load_job_config(CONFIGS / "tiny.yaml", [f"data.shards={tmp_path}",
                                                      f"train.storage_path={tmp_path / 'ray'}"])
-    with pytest.raises(preflight.PreflightError, match=r"no shards at .*reason_seg/train"):
+    with pytest.raises(preflight.PreflightError, match=r"no shards at .*ade20k/train"):
         preflight.check_job(config, f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 

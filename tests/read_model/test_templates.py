@@ -100,7 +100,8 @@ def test_llava_v1_rendering() -> None:
 
 REFER = [
     TurnQuery("The Red Circle", is_sentence=False),
-    TurnQuery("Blue Square", is_sentence=False, exists=False, gt_sent="Green Square"),
+    TurnQuery("Blue Square", is_sentence=False, exists=False, gt_sent="Green Square",
+              kind="correct_refer"),
     TurnQuery("Purple Star", is_sentence=False, exists=False),
     TurnQuery("small triangle", is_sentence=False),
 ]

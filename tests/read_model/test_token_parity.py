@@ -5,7 +5,8 @@ stack upstream READ pins (transformers 4.31.0 slow LlamaTokenizer, legacy=True, 
 0.1.99) on a LLaMA-style sentencepiece model trained for the purpose; `release_tokenizer/` holds
 the files that stack saves next to a released checkpoint. Here the project converts those files
 the way `python -m read_model.convert` does, reloads the converted tokenizer the way a model
-directory is loaded, and must reproduce every id, label and [SEG]/query position.
+directory is loaded, and must reproduce every id, label and [SEG]/query position, for single
+turns and for multi-turn dialogs (every assistant turn labelled, `READ:dataloaders/utils.py`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,15 @@ from pathlib import Path
 import pytest
 
 from read_model.config import TokenizerConfig
+from read_model.conversation import Dialogue
 from read_model.conversion.tokens import convert_tokenizer
-from read_model.labels import IGNORE_INDEX, encode_answer, encode_conversation, encode_prompt
+from read_model.labels import (
+    IGNORE_INDEX,
+    encode_answer,
+    encode_conversation,
+    encode_dialogue,
+    encode_prompt,
+)
 from read_model.tokenizer import SpecialTokenIds, load_tokenizer, special_token_ids
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "token_parity"
@@ -70,6 +78,10 @@ def test_read_token_ids_match(converted) -> None:
 
 
 def _project(case: dict, tokenizer, ids: SpecialTokenIds, config: TokenizerConfig):
+    if case["kind"] == "training_dialog":
+        dialogue = Dialogue(tuple(tuple(turn) for turn in case["turns"]))
+        row = encode_dialogue(dialogue, tokenizer, ids, NUM_IMAGE_TOKENS, config)
+        return _collapse(row.input_ids, row.labels, ids.image)
     if case["answer"] is None:
         row = encode_prompt(case["question"], tokenizer, ids, NUM_IMAGE_TOKENS, config)
         return _collapse(row, None, ids.image)

@@ -10,8 +10,14 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from read_model.config import TokenizerConfig
-from read_model.conversation import render_prompt, wrap_image_token
-from read_model.labels import IGNORE_INDEX, encode_conversation, encode_prompt, split_at_tokens
+from read_model.conversation import Dialogue, render_prompt, wrap_image_token
+from read_model.labels import (
+    IGNORE_INDEX,
+    encode_conversation,
+    encode_dialogue,
+    encode_prompt,
+    split_at_tokens,
+)
 from read_model.tokenizer import build_tiny_tokenizer, load_tokenizer, special_token_ids
 
 
@@ -169,3 +175,67 @@ def test_split_at_tokens_drops_whitespace_touching_added_tokens() -> None:
     ]
     assert split_at_tokens("  a b ", markers) == ["  a b "]  # no token: untouched
     assert split_at_tokens("[SEG]", markers) == ["[SEG]"]
+
+
+# ---------------------------------------------------------------- multi-turn dialogues (VQA)
+DIALOGUE = Dialogue((("<image>\nWhat is red?", "The circle."),
+                     ("Where is it?", "On the left.\n"),
+                     ("And the star?", "It is [SEG].")))
+
+
+def _labelled_spans(labels: list[int]) -> list[tuple[int, int]]:
+    spans, start = [], None
+    for position, label in enumerate([*labels, IGNORE_INDEX]):
+        if label != IGNORE_INDEX and start is None:
+            start = position
+        elif label == IGNORE_INDEX and start is not None:
+            spans.append((start, position))
+            start = None
+    return spans
+
+
+@pytest.mark.parametrize("spacing", ["upstream", "tokenizer"])
+def test_dialogue_labels_every_assistant_turn_and_only_them(
+        tok: PreTrainedTokenizerFast, spacing: str) -> None:
+    cfg = TokenizerConfig(added_token_spacing=spacing)
+    ids = special_token_ids(tok)
+    row = encode_dialogue(DIALOGUE, tok, ids, 3, cfg)
+    assert len(row.input_ids) == len(row.labels) and not row.truncated
+    spans = _labelled_spans(row.labels)
+    assert len(spans) == 3  # one per assistant turn
+    for (start, end), (_, answer) in zip(spans, DIALOGUE.turns, strict=True):
+        assert row.input_ids[end - 1] == ids.eos  # each answer's </s> counts
+        assert row.labels[start:end] == row.input_ids[start:end]
+        decoded = tok.decode(row.input_ids[start:end - 1])
+        assert decoded.replace(" ", "") == answer.replace(" ", "")  # "is[SEG] .": spacing only
+    for question, _ in DIALOGUE.turns[1:]:  # later questions are instructions: never labelled
+        assert question not in tok.decode([t for t, lab in zip(row.input_ids, row.labels,
+                                                               strict=True) if lab != -100])
+    assert row.input_ids.count(ids.image) == 3 and row.input_ids.count(ids.bos) == 1
+
+
+def test_one_turn_dialogue_is_the_single_turn_row(tok: PreTrainedTokenizerFast) -> None:
+    ids = special_token_ids(tok)
+    single = encode_conversation("<image>\nWhere is the red star?", "It is [SEG].", tok, ids, 3,
+                                 TokenizerConfig())
+    dialogue = encode_dialogue(Dialogue((("<image>\nWhere is the red star?", "It is [SEG]."),)),
+                               tok, ids, 3, TokenizerConfig())
+    assert dialogue == single
+
+
+def test_dialogue_image_rules_and_truncation(tok: PreTrainedTokenizerFast) -> None:
+    ids = special_token_ids(tok)
+    later = Dialogue((("Hello", "Hi."), ("<image>\nWhat is it?", "A star.")))
+    row = encode_dialogue(later, tok, ids, 3, TokenizerConfig())
+    assert len(_labelled_spans(row.labels)) == 2
+    with pytest.raises(ValueError, match="exactly one"):
+        encode_dialogue(Dialogue((("a", "b"), ("c", "d"))), tok, ids, 3, TokenizerConfig())
+    with pytest.raises(ValueError, match="exactly one"):
+        encode_dialogue(Dialogue((("<image>\na", "<image>"),)), tok, ids, 3, TokenizerConfig())
+    full = encode_dialogue(DIALOGUE, tok, ids, 3, TokenizerConfig())
+    cut = encode_dialogue(DIALOGUE, tok, ids, 3, TokenizerConfig(model_max_length=len(
+        full.input_ids) - 4))
+    assert cut.truncated and cut.input_ids == full.input_ids[:-4]
+    image_end = max(i for i, t in enumerate(row.input_ids) if t == ids.image)
+    with pytest.raises(ValueError, match="no room"):  # the image of the second turn would be cut
+        encode_dialogue(later, tok, ids, 3, TokenizerConfig(model_max_length=image_end))
