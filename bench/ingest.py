@@ -108,7 +108,7 @@ def job_config(workers: int):
         "model.llava.vision_image_size=336", "model.llava.vision_patch_size=14",
         "model.sasp.clip_image_size=336", "model.sam.image_size=1024",
         "model.tokenizer.model_max_length=2048", "model.num_classes_per_sample=3",
-        "train.batch_size=2", "data.train=[reason_seg/train]", "data.sample_rates=[1]",
+        "train.batch_size=2", "data.train=[reason_seg/train]",
         f"data.loader_workers={workers}", "data.prefetch_batches=4"])
 
 

@@ -8,7 +8,7 @@ For read-7b and read-13b, DDP and FSDP, with and without activation checkpointin
 predicted peak memory per GPU by component (bench/memory_model.py states every formula), the
 largest micro-batch that fits each GPU, and the gradient accumulation that brings the effective
 batch (micro-batch x workers x accumulation) closest to upstream's 20 images per optimizer step
-(its READ script: batch 2 x accumulation 10 on one GPU, upstream-spec §7). A GPU's budget is its
+(`READ:train_read.sh`: batch 2 x accumulation 10 on one GPU). A GPU's budget is its
 memory less `RUNTIME_GIB` (CUDA context, cuBLAS/NCCL workspaces: outside PyTorch's allocator) and
 less `FRAGMENTATION` of the rest.
 

@@ -63,7 +63,7 @@ def _train(cluster: LoopbackCluster, shards: str, tmp: Path, accel_per_worker: i
            name: str) -> tuple[int, str, str]:
     tracking = f"sqlite:///{tmp / 'mlflow.db'}"
     argv = [sys.executable, "pipelines/train.py", "--config", "configs/tiny.yaml",
-            f"data.shards={shards}", "data.train=[reason_seg/train]", "data.sample_rates=[1]",
+            f"data.shards={shards}", "data.train=[reason_seg/train]",
             "data.val=[reason_seg/val]", "scaling.num_workers=2", "scaling.cpus_per_worker=0.5",
             f"scaling.resources_per_worker={{{ACCEL}: {accel_per_worker}}}",
             "scaling.placement_strategy=SPREAD", "scaling.wait_for_workers_s=300",

@@ -39,11 +39,19 @@ def test_plain_rates_and_defaults() -> None:
     assert train_rates(DataConfig(train=["a/train", "b/train"], sample_rates=[3, 1])) == [3, 1]
 
 
+def test_narrowing_the_training_sets_keeps_a_presets_source_rates(tmp_path: Path) -> None:
+    """The tiny preset's rates name all six sources; training on two of them ignores the rest."""
+    config = load_job_config(CONFIGS / "tiny.yaml", [f"data.shards={tmp_path}",
+                                                     "data.train=[reason_seg/train, refcoco/train]"])
+    rates = config.data.source_rates
+    assert train_rates(config.data) == [rates["reason_seg"], rates["refer_seg"]]
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     (["data.source_rates={reason_seg: 1}", "data.sample_rates=[1, 1]"], "both set"),
     (["data.source_rates={reason_seg: 1, refer: 2}"], "are not sources"),
     (["data.source_rates={reason_seg: 1}"], "has no rate for \\['refer_seg'\\]"),
-    (["data.source_rates={reason_seg: 1, refer_seg: 1, vqa: 2}"], "has no dataset of it"),
+    (["data.source_rates={reason_seg: 0, refer_seg: 0, vqa: 2}"], "no positive rate"),
     (["data.source_rates={reason_seg: 0, refer_seg: 0}"], "positive sum"),
     (["data.sem_seg_denial_prob=-0.1"], "data.sem_seg_"),
 ])

@@ -14,7 +14,7 @@ from read_model.sasp import SasP, crop_frame_geometry
 def direct_full_resolution(
     similarity: torch.Tensor, size: tuple[int, int], points: torch.Tensor, crop: int
 ) -> torch.Tensor:
-    """Upstream §5 as written: full H×W map, softmax over all pixels, one Gaussian per point."""
+    """Upstream `READ:model/READ.py` as written: full H×W map, softmax over all pixels, one Gaussian per point."""
     height, width = size
     side = int(similarity.numel() ** 0.5)
     norm = (similarity - similarity.min()) / (similarity.max() - similarity.min())
