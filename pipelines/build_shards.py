@@ -658,7 +658,25 @@ def write_samples(samples: Sequence[Any], folder: str, *, dataset: str, split: s
     return FolderReport.from_manifest(url, version, "built", manifest, written=len(tars))
 
 
+RESUME_HINT = ("run the same command again: nothing was published, and folders already built "
+               "with the same fingerprint are not written again")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """0 built and published, 1 failed, 2 could not start, 130 interrupted; from the command
+    line the build runs in a watched child process (pipelines/outcome.py)."""
+    from pipelines import outcome
+
+    def direct() -> int:
+        return outcome.run_command("read-build-shards", lambda: _main(argv), resume=RESUME_HINT)
+
+    if argv is not None:
+        return direct()
+    return outcome.supervise("read-build-shards", "pipelines.build_shards", sys.argv[1:],
+                             resume=RESUME_HINT, direct=direct)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset-root", required=True,
                         help="folder or s3:// prefix with the upstream layout")

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines import progress, storage
+from pipelines import outcome, progress, storage
 from pipelines.config import JobConfig, check_job_paths, load_job_config
 from pipelines.evaluation.overlays import evaluation_figure, png_bytes
 from pipelines.evaluation.predictions_io import to_jsonl
@@ -295,6 +295,7 @@ def evaluate(
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     run_id = client.create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
+    outcome.note_run(tracking_uri, run_id)
     try:
         params = {"model_uri": model_uri, "model_version": version, "protocol": settings.protocol,
                   "modes": ",".join(settings.modes), "num_actors": settings.num_actors,
@@ -346,8 +347,8 @@ def evaluate(
         if tag_version:
             pooled = {k: v for k, v in summary["metrics"].items() if "." not in k}
             record_version_metrics(client, name, version, pooled)
-    except BaseException:
-        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+    except BaseException as error:
+        client.set_terminated(run_id, outcome.terminal_status(error))
         raise
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
     return {"run_id": run_id, "model_name": name, "model_version": version, **summary}
@@ -459,20 +460,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return summary
 
 
+RESUME_HINT = "run the same command again: the evaluation starts over in a new MLflow run"
+
+
 def cli(argv: Sequence[str] | None = None) -> int:
-    """Exit code 2 with a one-line message when the job cannot start."""
-    from pipelines.integrity import DamagedShardError
+    """0 scored and recorded, 1 failed (a damaged shard under the `fail` policy included), 2
+    could not start, 130 interrupted; from the command line the job runs in a watched child."""
     from pipelines.shard_sets import ShardSetError
 
-    try:
-        main(argv)
-    except (ConfigError, EvaluationError, ShardSetError, storage.StorageError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except DamagedShardError as error:
-        print(f"error: evaluation stopped: {error}", file=sys.stderr)
-        return 1
-    return 0
+    def direct() -> int:
+        return outcome.run_command(
+            "read-evaluate", lambda: main(argv), resume=RESUME_HINT,
+            usage_errors=(ConfigError, EvaluationError, ShardSetError, storage.StorageError))
+
+    if argv is not None:
+        return direct()
+    return outcome.supervise("read-evaluate", "pipelines.evaluate", sys.argv[1:],
+                             resume=RESUME_HINT, direct=direct)
 
 
 if __name__ == "__main__":

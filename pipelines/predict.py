@@ -112,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """0 answered and wrote its files, 1 failed, 2 unusable input, 130 interrupted."""
+    from pipelines.outcome import run_command
+
+    return run_command("read-predict", lambda: _predict(argv),
+                       resume="run the same command again")
+
+
+def _predict(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.max_new_tokens < 1:
         print("error: --max-new-tokens must be >= 1", file=sys.stderr)
@@ -124,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     except (PredictError, ConfigError) as error:  # ConfigError: the checkpoint's own config
         print(f"error: {error}", file=sys.stderr)
         return 2
+    missing = [str(path) for path in paths.values() if not path.is_file()]
+    if missing:
+        print(f"error: outputs not written: {', '.join(missing)}", file=sys.stderr)
+        return 1
     print(f"Answer: {prediction.text}")
     print(f"See: {'yes' if prediction.exists else 'no'}")
     print(f"Mask: {paths['mask']}")

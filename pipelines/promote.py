@@ -16,6 +16,7 @@ import sys
 
 from pipelines.champion import promote_if_better
 from pipelines.config import load_job_config
+from pipelines.outcome import run_command
 from pipelines.registry import CANDIDATE_ALIAS
 from pipelines.tracking import resolve_tracking_uri
 from read_model.config import ConfigError
@@ -52,12 +53,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    try:
-        main(argv)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    """0 decided (promoted or not), 1 failed, 2 could not start, 130 interrupted."""
+    return run_command("read-promote", lambda: main(argv), usage_errors=(ConfigError,),
+                       resume="run the same command again: the decision is recomputed")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipelines import storage
+from pipelines import outcome, storage
 from pipelines.config import JobConfig, check_job_paths, load_job_config
 from pipelines.evaluation.scoring import GroupMetrics, summary_markdown
 from pipelines.tracking import LOSS_METRIC
@@ -78,6 +78,7 @@ def run_workflow(config_path: str | Path | None, overrides: list[str], *, ablati
     experiment_id = ensure_experiment(client, config.mlflow.experiment, tracking_uri)
     parent = client.create_run(experiment_id, run_name="workflow-ablation" if ablation else "workflow",
                                tags={"read.kind": "workflow"}).info.run_id
+    outcome.note_run(tracking_uri, parent)
     client.log_param(parent, "config", str(config_path))
     client.log_param(parent, "overrides", " ".join(overrides)[:6000] or "-")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars
@@ -97,8 +98,10 @@ def run_workflow(config_path: str | Path | None, overrides: list[str], *, ablati
                             board=board)
         result = _steps(runner, config, config_path, pinned, context, shards, workdir, eval_names,
                         tracking_uri, parent, ablation)
-    except BaseException:
-        client.set_terminated(parent, RunStatus.to_string(RunStatus.FAILED))
+    except BaseException as error:
+        status = outcome.terminal_status(error)
+        _close_children(client, experiment_id, parent, status)
+        client.set_terminated(parent, status)
         raise
     client.set_terminated(parent, RunStatus.to_string(RunStatus.FINISHED))
     result.update(parent_run_id=parent, tracking_uri=tracking_uri,
@@ -106,6 +109,24 @@ def run_workflow(config_path: str | Path | None, overrides: list[str], *, ablati
                   ran=[r.name for r in runner.results if not r.skipped])
     _report(client, result, tracking_uri)
     return result
+
+
+def _close_children(client: Any, experiment_id: str, parent: str, status: str) -> None:
+    """Runs nested under the workflow run (steps, and the training/evaluation runs the steps
+    opened) that are still RUNNING end with the workflow's status, e.g. KILLED on Ctrl-C."""
+    from pipelines.workflow_steps.runner import PARENT_TAG
+
+    running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                 max_results=500)
+    family, changed = {parent}, True
+    while changed:  # nesting is shallow: steps, then the runs they opened
+        changed = False
+        for run in running:
+            run_id = run.info.run_id
+            if run_id not in family and run.data.tags.get(PARENT_TAG) in family:
+                family.add(run_id)
+                client.set_terminated(run_id, status)
+                changed = True
 
 
 def _count_steps(config: JobConfig, ablation: bool) -> int:
@@ -288,19 +309,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+RESUME_HINT = "run the same command again: finished steps are skipped"
+
+
 def cli(argv: list[str] | None = None) -> int:
+    """0 every step finished, 1 a step failed, 2 could not start, 130 interrupted; from the
+    command line the workflow runs in a watched child process (pipelines/outcome.py)."""
     args = parse_args(argv)
-    try:
-        run_workflow(args.config, args.overrides, ablation=args.ablation, verbose=args.verbose)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except StepFailed as error:
-        print(f"\nworkflow stopped: {first_line(str(error))}\nthe whole error and traceback are "
-              f"the tags {TAG_ERROR} and {TAG_TRACEBACK} of that MLflow run; fix the cause and run "
-              "the same command again: finished steps are skipped.", file=sys.stderr)
-        return 1
-    return 0
+
+    def body() -> int:
+        try:
+            run_workflow(args.config, args.overrides, ablation=args.ablation,
+                         verbose=args.verbose)
+        except StepFailed as error:
+            print(f"\nworkflow stopped: {first_line(str(error))}\nthe whole error and traceback "
+                  f"are the tags {TAG_ERROR} and {TAG_TRACEBACK} of that MLflow run; fix the "
+                  "cause and run the same command again: finished steps are skipped.",
+                  file=sys.stderr)
+            return outcome.EXIT_FAILED
+        return outcome.EXIT_OK
+
+    def direct() -> int:
+        return outcome.run_command("read-workflow", body, resume=RESUME_HINT,
+                                   usage_errors=(ConfigError,))
+
+    if argv is not None:
+        return direct()
+    return outcome.supervise("read-workflow", "pipelines.workflow", sys.argv[1:],
+                             resume=RESUME_HINT, direct=direct)
 
 
 if __name__ == "__main__":
