@@ -62,8 +62,12 @@ def terminal_status(error: BaseException) -> str:
 
 
 def first_line(text: str) -> str:
+    """The message's first line; when it only introduces what follows ("... worker errors:"),
+    the last line too, which names the cause in a forwarded traceback."""
     lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
     line = lines[0] if lines else ""
+    if line.endswith(":") and len(lines) > 1:
+        line = f"{line} {lines[-1]}"
     return line if len(line) <= MAX_MESSAGE_CHARS else line[: MAX_MESSAGE_CHARS - 3] + "..."
 
 

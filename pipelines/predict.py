@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,16 @@ def write_outputs(model: Any, prediction: Any, image: np.ndarray, out: Path, ste
     return paths
 
 
+def _check_out(out: Path) -> None:
+    """--out must be a folder this process can write, checked before the model loads."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PredictError(f"--out {out}: cannot create the folder: {error}") from error
+    if not os.access(out, os.W_OK):
+        raise PredictError(f"--out {out}: the folder is not writable")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="read-predict", description="READ: answer and segment one image."
@@ -125,6 +136,7 @@ def _predict(argv: list[str] | None) -> int:
         print("error: --max-new-tokens must be >= 1", file=sys.stderr)
         return 2
     try:
+        _check_out(args.out)
         image = read_image(args.image)
         model = load_model(args.model, args.tracking_uri).to(torch.device(args.device)).eval()
         prediction = model.predict([image], [args.question], args.max_new_tokens)[0]

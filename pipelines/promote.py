@@ -19,6 +19,7 @@ from pipelines.config import load_job_config
 from pipelines.outcome import run_command
 from pipelines.registry import CANDIDATE_ALIAS
 from pipelines.tracking import resolve_tracking_uri
+from pipelines.training.preflight import PreflightError, check_tracking
 from read_model.config import ConfigError
 
 
@@ -38,7 +39,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
     args = parse_args(argv)
     config = load_job_config(args.config, args.overrides)
-    client = MlflowClient(tracking_uri=resolve_tracking_uri(config.mlflow))
+    tracking_uri = resolve_tracking_uri(config.mlflow)
+    try:
+        check_tracking(tracking_uri)
+    except PreflightError as error:
+        raise ConfigError(str(error)) from error
+    client = MlflowClient(tracking_uri=tracking_uri)
     name = config.mlflow.registered_model
     try:
         version = str(client.get_model_version_by_alias(name, args.alias).version)

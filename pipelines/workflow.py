@@ -73,6 +73,7 @@ def run_workflow(config_path: str | Path | None, overrides: list[str], *, ablati
               f"train.storage_path={_location(config.train.storage_path)}",
               f"eval.output={_location(config.eval.output)}"]
     context = {"config_sha256": _config_hash(config_path)}
+    check_start(config, tracking_uri)
 
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     experiment_id = ensure_experiment(client, config.mlflow.experiment, tracking_uri)
@@ -109,6 +110,25 @@ def run_workflow(config_path: str | Path | None, overrides: list[str], *, ablati
                   ran=[r.name for r in runner.results if not r.skipped])
     _report(client, result, tracking_uri)
     return result
+
+
+def check_start(config: JobConfig, tracking_uri: str) -> None:
+    """What would fail later, checked before Ray starts: the dataset root (when given) is a
+    readable folder, every output location is writable, the tracking store answers."""
+    from pipelines.training.preflight import PreflightError, check_tracking
+
+    root = config.workflow.dataset_root
+    if root and not storage.is_s3(root) and not Path(root).is_dir():
+        raise PreflightError(f"workflow.dataset_root={root}: no such folder")
+    for name, url in (("workflow.workdir", config.workflow.workdir),
+                      ("data.shards", config.data.shards),
+                      ("train.storage_path", config.train.storage_path),
+                      ("eval.output", config.eval.output)):
+        try:
+            storage.check_reachable(url)
+        except storage.StorageError as error:
+            raise PreflightError(f"{name}: {error}") from error
+    check_tracking(tracking_uri)
 
 
 def _close_children(client: Any, experiment_id: str, parent: str, status: str) -> None:
@@ -330,8 +350,10 @@ def cli(argv: list[str] | None = None) -> int:
         return outcome.EXIT_OK
 
     def direct() -> int:
+        from pipelines.training.preflight import PreflightError
+
         return outcome.run_command("read-workflow", body, resume=RESUME_HINT,
-                                   usage_errors=(ConfigError,))
+                                   usage_errors=(ConfigError, PreflightError))
 
     if argv is not None:
         return direct()

@@ -29,7 +29,13 @@ from pipelines.tracking import RankZeroLogger
 from pipelines.training.checkpointing import RankProgress, load_training_state, save_training_state
 from pipelines.training.data import open_pinned, restore_data, train_batches, validation_batches
 from pipelines.training.optim import build_optimizer, build_scheduler
-from pipelines.training.validation import merge_across_ranks, score_batches, summary
+from pipelines.training.validation import (
+    check_coverage,
+    coverage_metrics,
+    merge_across_ranks,
+    score_batches,
+    summary,
+)
 from read_model.config import from_dict
 
 logger = logging.getLogger(__name__)
@@ -84,8 +90,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                             num_image_tokens=model.num_image_tokens,
                             restored=data_states or None, prior_report=data_report)
     tracker = RankZeroLogger(loop_config["mlflow"]["tracking_uri"], loop_config["mlflow"]["run_id"],
-                             rank, system_metrics=loop_config["mlflow"].get("system_metrics", True))
+                             rank, system_metrics=loop_config["mlflow"].get("system_metrics", True),
+                             outage_budget_s=config.mlflow.outage_budget_s,
+                             retry_every_s=config.mlflow.retry_every_s)
     resumed_from = progress.step
+    tracker.resume_at(resumed_from)  # re-run steps keep the values already logged: one per step
     settings = config.train
 
     with tracker.system_metrics():
@@ -128,11 +137,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if step % settings.validate_every == 0 or step == settings.max_steps:
                 metrics.update(validate(wrapped, model, config, val_sets, tokenizer, device, rank,
                                         world_size))
+                if metrics["val/coverage"] < settings.min_val_coverage:
+                    tracker.log(metrics, step)  # the labelled partial validation, then fail
+                    tracker.close()
+                    check_coverage(metrics, settings.min_val_coverage)
             if step % settings.log_every == 0 or step == settings.max_steps or step == resumed_from + 1:
                 tracker.log(metrics, step)
             else:
                 tracker.log({"progress/resumed_from": float(resumed_from)}, step)
             if step % settings.checkpoint_every == 0 or step == settings.max_steps:
+                if step == settings.max_steps:  # before the final report: a retry would skip it
+                    tracker.close()  # buffered values reach the run, or TrackingOutageError
                 state = RankProgress(step=step, samples_seen=samples_seen, world_size=world_size)
                 _report_checkpoint(config, model, optimizer, scheduler, state, rank, metrics,
                                    batches, final=step == settings.max_steps)
@@ -142,14 +157,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 def validate(wrapped: torch.nn.Module, model: Any, config: JobConfig, val_sets: Any,
              tokenizer: Any, device: torch.device, rank: int,
              world_size: int) -> dict[str, float]:
-    """Teacher-forced gIoU / cIoU (and the trivial baselines) on every val sample, all ranks."""
+    """Teacher-forced gIoU / cIoU (and the trivial baselines) on every val sample, all ranks,
+    with the samples read beside those the val manifests hold (val/coverage)."""
     wrapped.eval()
+    seen = [0]  # samples read: the validation's coverage of the val manifests
     batches = validation_batches(config, val_sets, rank=rank, world_size=world_size,
-                                 batch_size=config.eval.batch_size)
+                                 batch_size=config.eval.batch_size, seen=seen)
     meters = score_batches(model, batches, tokenizer=tokenizer, model_config=config.model,
                            device=device, autocast=_autocast(config, device))
     wrapped.train()
-    return summary(merge_across_ranks(meters, world_size))
+    metrics = summary(merge_across_ranks(meters, world_size))
+    metrics.update(coverage_metrics(seen[0], sum(s.manifest.num_samples for s in val_sets),
+                                    world_size))
+    return metrics
 
 
 def _report_checkpoint(config: JobConfig, model: Any, optimizer: torch.optim.Optimizer,

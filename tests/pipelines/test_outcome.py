@@ -30,6 +30,8 @@ def _raise(error: BaseException):
     (_raise(outcome.JobIncomplete("training stopped at step 3 of 8")), 1,
      "job: failed: JobIncomplete: training stopped at step 3 of 8"),
     (_raise(RuntimeError("boom\nsecond line")), 1, "job: failed: RuntimeError: boom; run it"),
+    (_raise(RuntimeError("Training failed due to worker errors:\n  File x\nValueError: bad")), 1,
+     "failed: RuntimeError: Training failed due to worker errors: ValueError: bad; run it"),
 ])
 def test_run_command_maps_each_ending_to_one_code_and_line(body, code, words, capsys):
     assert outcome.run_command("job", body, resume=RESUME, usage_errors=(ConfigError,)) == code
