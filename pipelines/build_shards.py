@@ -672,11 +672,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if argv is not None:
         return direct()
+    _parser().parse_args(sys.argv[1:])  # flag errors and --help here, before a child starts
     return outcome.supervise("read-build-shards", "pipelines.build_shards", sys.argv[1:],
                              resume=RESUME_HINT, direct=direct)
 
 
-def _main(argv: Sequence[str] | None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset-root", required=True,
                         help="folder or s3:// prefix with the upstream layout")
@@ -691,7 +692,11 @@ def _main(argv: Sequence[str] | None) -> int:
                         help="fail the build when more records than this are quarantined")
     parser.add_argument("--shared-root", action="store_true",
                         help="the local dataset root is mounted at the same path on every node")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = _parser().parse_args(argv)
     try:
         refuse_relative_paths({"--dataset-root": args.dataset_root, "--out": args.out})
     except ConfigError as error:

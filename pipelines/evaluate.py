@@ -529,6 +529,7 @@ def cli(argv: Sequence[str] | None = None) -> int:
 
     if argv is not None:
         return direct()
+    parse_args(sys.argv[1:])  # flag errors and --help here, before a child process starts
     return outcome.supervise("read-evaluate", "pipelines.evaluate", sys.argv[1:],
                              resume=RESUME_HINT, direct=direct)
 

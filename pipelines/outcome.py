@@ -126,7 +126,7 @@ def sigint_watch() -> Iterator[threading.Event]:
         seen.set()
         if callable(previous):
             previous(signum, frame)
-        else:
+        elif previous != signal.SIG_IGN:
             raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, record)
@@ -146,7 +146,7 @@ def wrap_sigint_handler(seen: threading.Event) -> None:
         seen.set()
         if callable(installed):
             installed(signum, frame)
-        else:
+        elif installed != signal.SIG_IGN:
             raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, record)
@@ -204,7 +204,7 @@ def supervise(name: str, module: str, argv: list[str], *, resume: str,
                                       if p)
         env = {**os.environ, STATE_ENV: str(events_path), "PYTHONPATH": python_path}
         child = subprocess.Popen([sys.executable, "-m", module, *argv], env=env,
-                                 process_group=0)
+                                 process_group=0, preexec_fn=_end_with_parent(os.getpid()))
         received: list[int] = []
 
         def forward(signum: int, frame: Any) -> None:
@@ -220,6 +220,24 @@ def supervise(name: str, module: str, argv: list[str], *, resume: str,
                 signal.signal(signum, handler)
         events = read_events(events_path)
     return judge(name, code, events, received, resume)
+
+
+def _end_with_parent(parent: int) -> Callable[[], None] | None:
+    """In the child: SIGTERM when the watcher dies (e.g. `ray job stop` killing its process
+    group, which the child left), so no job outlives its command (Linux; elsewhere a no-op)."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def arrange() -> None:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        if os.getppid() != parent:  # the watcher died before the call above
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arrange
 
 
 def judge(name: str, code: int, events: list[dict[str, Any]], received: list[int],

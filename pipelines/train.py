@@ -237,6 +237,7 @@ def cli(argv: list[str] | None = None) -> int:
 
     if argv is not None:
         return direct()
+    parse_args(sys.argv[1:])  # flag errors and --help here, before a child process starts
     return outcome.supervise("read-train", "pipelines.train", sys.argv[1:], resume=RESUME_HINT,
                              direct=direct)
 

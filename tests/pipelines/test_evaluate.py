@@ -128,8 +128,9 @@ def test_one_and_two_actors_score_identically(ray_local, mlflow_server, register
 
 
 @pytest.mark.integration
+@pytest.mark.fault
 def test_damaged_shard_is_named_and_fails_unless_skipped(ray_local, mlflow_server, registered,
-                                                         synthetic_root, tmp_path):
+                                                         synthetic_root, tmp_path, fault_table):
     root = tmp_path / "shards"
     _write_eval_sets(root, synthetic_root)
     damaged = resolve(str(root), "fprefcoco/val")
@@ -140,11 +141,14 @@ def test_damaged_shard_is_named_and_fails_unless_skipped(ray_local, mlflow_serve
     base = [f"eval.output={tmp_path / 'out'}", "eval.batch_size=2", "eval.num_overlays=0",
             "mlflow.experiment=eval-damage", f"data.shards={root}"]
     config = load_job_config(REPO / "configs" / "tiny.yaml", base)
-    with pytest.raises(DamagedShardError, match=r"shard-000000\.tar \(sha256 differs"):
+    with pytest.raises(DamagedShardError, match=r"shard-000000\.tar \(sha256 differs") as stop:
         evaluate(config, f"models:/{MODEL_NAME}@champion", NAMES, tracking_uri=mlflow_server)
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("eval-damage").experiment_id
     [failed] = client.search_runs([experiment])
+    fault_table("one flipped byte in an evaluation shard (default policy: fail)",
+                "1 (DamagedShardError; called in-process here)", str(stop.value)[:160],
+                failed.info.status, "nothing reported: the run stops, naming the shard")
     assert failed.info.status == "FAILED" and failed.data.metrics["data.damaged_shards"] == 1.0
 
     # Skipping the damaged shard leaves fprefcoco/val unscored: the partial metrics are logged
@@ -162,6 +166,10 @@ def test_damaged_shard_is_named_and_fails_unless_skipped(ray_local, mlflow_serve
     assert metrics["num_queries"] < metrics["expected_queries"]
     assert metrics["coverage"] == metrics["num_queries"] / metrics["expected_queries"]
     assert partial.data.tags["read.partial"].startswith("fprefcoco/val 0 of")
+    fault_table("the same shard with data.on_damaged_shard=skip",
+                "1 (CoverageError; called in-process here)", partial.data.tags["read.partial"],
+                partial.info.status, f"{int(metrics['expected_queries'] - metrics['num_queries'])}"
+                " queries, labelled in the metrics and tables")
 
 
 @pytest.mark.integration
