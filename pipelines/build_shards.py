@@ -700,7 +700,26 @@ def write_samples(samples: Sequence[Any], folder: str, *, dataset: str, split: s
     return FolderReport.from_manifest(url, version, "built", manifest, written=len(tars))
 
 
+RESUME_HINT = ("run the same command again: nothing was published, and folders already built "
+               "with the same fingerprint are not written again")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """0 built and published, 1 failed, 2 could not start, 130 interrupted; from the command
+    line the build runs in a watched child process (pipelines/outcome.py)."""
+    from pipelines import outcome
+
+    def direct() -> int:
+        return outcome.run_command("read-build-shards", lambda: _main(argv), resume=RESUME_HINT)
+
+    if argv is not None:
+        return direct()
+    _parser().parse_args(sys.argv[1:])  # flag errors and --help here, before a child starts
+    return outcome.supervise("read-build-shards", "pipelines.build_shards", sys.argv[1:],
+                             resume=RESUME_HINT, direct=direct)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset-root", required=True,
                         help="folder or s3:// prefix with the upstream layout")
@@ -715,7 +734,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="fail the build when more records than this are quarantined")
     parser.add_argument("--shared-root", action="store_true",
                         help="the local dataset root is mounted at the same path on every node")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = _parser().parse_args(argv)
     try:
         refuse_relative_paths({"--dataset-root": args.dataset_root, "--out": args.out})
     except ConfigError as error:

@@ -101,6 +101,9 @@ class TrainConfig:
     validate_every: int = 500
     log_every: int = 10
     max_failures: int = 0
+    # Validated samples / samples the val manifests hold, below which training fails (damaged
+    # val shards skipped under data.on_damaged_shard=skip); the counts are logged either way.
+    min_val_coverage: float = 1.0
     num_to_keep: int = 2
     seed: int = 42
 
@@ -129,6 +132,9 @@ class EvalConfig:
     use_gpu: bool = False  # one GPU share per model actor (set on GPU clusters)
     gpus_per_actor: float = 1.0
     cpus_per_actor: float = 0.5  # fractional so Ray Data's read tasks keep a CPU on small hosts
+    # Scored queries / queries the evaluation data holds, below which the run fails (its
+    # partial, labelled metrics stay in the FAILED run): 1.0 = every query must be scored.
+    min_coverage: float = 1.0
 
 
 @dataclass
@@ -155,6 +161,10 @@ class MlflowConfig:
     experiment: str = "read"
     registered_model: str = "read-tiny"
     champion_metric: str = "giou"
+    # Training outlives a tracking outage this long (metrics buffered, retried every
+    # `retry_every_s`, flushed when the server answers), then fails saying what was not logged.
+    outage_budget_s: float = 3600.0
+    retry_every_s: float = 15.0
 
 
 @dataclass

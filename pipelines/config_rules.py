@@ -86,6 +86,8 @@ def _train(config: JobConfig, problems: Problems) -> None:
               "must be >= 1 (it is a step interval)")
     _at_least(problems, train, "train", ("lr", "weight_decay", "warmup_steps"), 0,
               "must be >= 0")
+    require(0.0 <= train.min_val_coverage <= 1.0, "train.min_val_coverage",
+            train.min_val_coverage, "must be within [0, 1]")
     for name in ("beta1", "beta2"):
         value = getattr(train, name)
         require(0.0 <= value < 1.0, f"train.{name}", value, "must be in [0, 1)")
@@ -108,6 +110,8 @@ def _eval(config: JobConfig, problems: Problems) -> None:
               "must be >= 1")
     require(bool(settings.modes), "eval.modes", settings.modes, "must name at least one mode")
     require(settings.num_overlays >= 0, "eval.num_overlays", settings.num_overlays, "must be >= 0")
+    require(0.0 <= settings.min_coverage <= 1.0, "eval.min_coverage", settings.min_coverage,
+            "must be within [0, 1]")
     threshold = settings.siou_threshold
     require(threshold is None or 0.0 <= threshold <= 1.0, "eval.siou_threshold", threshold,
             "must be in [0, 1] (or null: the model's model.sasp.siou_threshold)")
@@ -133,6 +137,9 @@ def _weights(config: JobConfig, problems: Problems) -> None:
 
 
 def _mlflow_and_workflow(config: JobConfig, problems: Problems) -> None:
+    for name in ("outage_budget_s", "retry_every_s"):
+        value = getattr(config.mlflow, name)
+        problems.require(value > 0, f"mlflow.{name}", value, "must be > 0 (seconds)")
     require, mlflow, workflow = problems.require, config.mlflow, config.workflow
     for name in ("experiment", "registered_model", "champion_metric"):
         value = getattr(mlflow, name)

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines import progress, storage
+from pipelines import outcome, progress, storage
 from pipelines.config import JobConfig, check_job_paths, load_job_config
 from pipelines.evaluation.overlays import evaluation_figure, png_bytes
 from pipelines.evaluation.predictions_io import to_jsonl
@@ -42,6 +42,7 @@ from pipelines.evaluation.records import QueryResult
 from pipelines.evaluation.scoring import (
     GroupMetrics,
     flat_metrics,
+    label_coverage,
     score_results,
     table_rows,
     to_markdown,
@@ -59,7 +60,34 @@ DAMAGED_SHARD = "damaged_shard"  # payload key of the result row that stands for
 
 
 class EvaluationError(RuntimeError):
-    """The evaluation cannot start or produced nothing to score."""
+    """The evaluation cannot start."""
+
+
+class CoverageError(RuntimeError):
+    """Fewer queries were scored than `eval.min_coverage` of the evaluation data; the partial,
+    labelled metrics are in the FAILED run."""
+
+
+def expected_queries(sources: Sequence[Any], reason_seg_queries: str) -> dict[tuple[str, str], int]:
+    """{(dataset, reported split): queries a complete evaluation scores}, from the manifests.
+
+    ReasonSeg's "first" protocol scores one query per sample (its first true-premise text);
+    every other set scores every query its manifest counts.
+    """
+    from pipelines.examples import ALL_QUERIES_PROTOCOL, REASON_DATASETS
+
+    expected: dict[tuple[str, str], int] = {}
+    for source in sources:
+        manifest = source.manifest
+        split, count = manifest.split, manifest.num_queries
+        if manifest.dataset in REASON_DATASETS:
+            if reason_seg_queries == "all":
+                split = f"{manifest.split}/{ALL_QUERIES_PROTOCOL}"
+            else:
+                count = manifest.num_samples
+        key = (manifest.dataset, split)
+        expected[key] = expected.get(key, 0) + count
+    return expected
 
 
 # ---------------------------------------------------------------------------- model resolution
@@ -225,6 +253,15 @@ def _log_integrity(client: Any, run_id: str, report: IntegrityReport) -> None:
         client.log_metric(run_id, key, value)
 
 
+def _check_tracking(tracking_uri: str) -> None:
+    from pipelines.training.preflight import PreflightError, check_tracking
+
+    try:
+        check_tracking(tracking_uri)
+    except PreflightError as error:
+        raise EvaluationError(str(error)) from error
+
+
 def shard_sets_for(config: JobConfig, names: Sequence[str]) -> list[Any]:
     """Resolve `<dataset>/<split>` names (default `data.val`) under `data.shards`, once."""
     from pipelines.shard_sets import resolve
@@ -298,6 +335,7 @@ def evaluate(
         plan = build_prompt_plan(sources, settings.templates, settings.prompt_seed)
         options["prompts"] = plan.prompts
     tracking_uri = tracking_uri or resolve_tracking_uri(config.mlflow)
+    _check_tracking(tracking_uri)
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     name, version = resolve_model_version(client, model_uri)
     pinned = f"models:/{name}/{version}"
@@ -308,6 +346,7 @@ def evaluate(
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     run_id = client.create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
+    outcome.note_run(tracking_uri, run_id)
     try:
         params = {"model_uri": model_uri, "model_version": version, "protocol": settings.protocol,
                   "modes": ",".join(settings.modes), "num_actors": settings.num_actors,
@@ -352,7 +391,9 @@ def evaluate(
         results, integrity = _collect(scored, sources, policy, total_queries, "scoring the model")
         _log_integrity(client, run_id, integrity)
         apply_policy(integrity, policy, total_shards=sum(len(s.manifest.shards) for s in sources))
-        summary = _record(client, run_id, name, version, results, output, settings.num_overlays)
+        summary = _record(client, run_id, name, version, results, output, settings.num_overlays,
+                          expected_queries(sources, settings.reason_seg_queries),
+                          settings.min_coverage)
         summary["data"] = {"versions": {s.name: s.version for s in sources},
                            "consumed_hash": integrity.consumed_hash,
                            "damaged_shards": dict(integrity.damaged)}
@@ -366,8 +407,8 @@ def evaluate(
                 settings.protocol, tuple(settings.modes))
             record_version_metrics(client, name, version, pooled, basis=basis, run_id=run_id)
             summary["basis"] = {"fingerprint": basis.fingerprint(), "data": basis.describe()}
-    except BaseException:
-        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+    except BaseException as error:
+        client.set_terminated(run_id, outcome.terminal_status(error))
         raise
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
     return {"run_id": run_id, "model_name": name, "model_version": version, **summary}
@@ -394,14 +435,22 @@ def _baselines(client: Any, run_id: str, sources: list[Any], batch_size: int,
 
 
 def _record(client: Any, run_id: str, name: str, version: str, results: list[QueryResult],
-            output: str, num_overlays: int) -> dict[str, Any]:
-    """Score on the driver, write predictions, and log metrics, tables and overlays."""
+            output: str, num_overlays: int, expected: dict[tuple[str, str], int],
+            min_coverage: float) -> dict[str, Any]:
+    """Score on the driver, write predictions, and log metrics, tables and overlays; every
+    group carries the queries it was computed on and those its data holds, and a coverage
+    below `min_coverage` fails the run after everything is logged."""
     errors = [r for r in results if r.error]
     scored = [r for r in results if not r.error]
     if not scored:
         reasons = "; ".join(r.error for r in errors[:3])
-        raise EvaluationError(f"no query could be scored ({len(errors)} errors: {reasons})")
+        raise CoverageError(f"no query could be scored ({len(errors)} errors: {reasons})")
     table = score_results(scored)
+    coverage = label_coverage(table, expected)
+    partial = [f"{g.dataset}/{g.split} {int(g.metrics['num_queries'])} of "
+               f"{int(g.metrics['expected_queries'])}" for g in table[:-1]
+               if g.metrics["num_queries"] < g.metrics["expected_queries"]]
+    client.set_tag(run_id, "read.partial", "; ".join(partial) if partial else "no")
     metrics = flat_metrics(table)
     for key, value in metrics.items():
         client.log_metric(run_id, key, value)
@@ -428,6 +477,12 @@ def _record(client: Any, run_id: str, name: str, version: str, results: list[Que
             (folder / "overlays" / _overlay_name(uid)).write_bytes(storage.read_bytes(url))
         if overlays:
             client.log_artifacts(run_id, str(folder / "overlays"), "overlays")
+    if coverage < min_coverage:
+        raise CoverageError(
+            f"scored {int(table[-1].metrics['num_queries'])} of "
+            f"{int(table[-1].metrics['expected_queries'])} queries ({100 * coverage:.1f}%), below "
+            f"eval.min_coverage={min_coverage:g} ({'; '.join(partial)}); the labelled partial "
+            "metrics, data_integrity.json and unscorable.json are in the run")
     return {"metrics": metrics, "markdown": to_markdown(table_rows(table)),
             "predictions": predictions_url, "num_errors": len(errors),
             "overlays": [url for _, url in overlays[:num_overlays]]}
@@ -485,22 +540,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return summary
 
 
+RESUME_HINT = "run the same command again: the evaluation starts over in a new MLflow run"
+
+
 def cli(argv: Sequence[str] | None = None) -> int:
-    """Exit code 2 with a one-line message when the job cannot start."""
+    """0 scored and recorded, 1 failed (a damaged shard under the `fail` policy included), 2
+    could not start, 130 interrupted; from the command line the job runs in a watched child."""
     from pipelines.cluster_checks import ClusterCheckError
-    from pipelines.integrity import DamagedShardError
     from pipelines.shard_sets import ShardSetError
 
-    try:
-        main(argv)
-    except (ConfigError, EvaluationError, ShardSetError, storage.StorageError,
-            ClusterCheckError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except DamagedShardError as error:
-        print(f"error: evaluation stopped: {error}", file=sys.stderr)
-        return 1
-    return 0
+    def direct() -> int:
+        return outcome.run_command(
+            "read-evaluate", lambda: main(argv), resume=RESUME_HINT,
+            usage_errors=(ConfigError, EvaluationError, ShardSetError, storage.StorageError,
+                          ClusterCheckError))
+
+    if argv is not None:
+        return direct()
+    parse_args(sys.argv[1:])  # flag errors and --help here, before a child process starts
+    return outcome.supervise("read-evaluate", "pipelines.evaluate", sys.argv[1:],
+                             resume=RESUME_HINT, direct=direct)
 
 
 if __name__ == "__main__":

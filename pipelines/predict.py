@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,16 @@ def write_outputs(model: Any, prediction: Any, image: np.ndarray, out: Path, ste
     return paths
 
 
+def _check_out(out: Path) -> None:
+    """--out must be a folder this process can write, checked before the model loads."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PredictError(f"--out {out}: cannot create the folder: {error}") from error
+    if not os.access(out, os.W_OK):
+        raise PredictError(f"--out {out}: the folder is not writable")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="read-predict", description="READ: answer and segment one image."
@@ -112,11 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """0 answered and wrote its files, 1 failed, 2 unusable input, 130 interrupted."""
+    from pipelines.outcome import run_command
+
+    return run_command("read-predict", lambda: _predict(argv),
+                       resume="run the same command again")
+
+
+def _predict(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.max_new_tokens < 1:
         print("error: --max-new-tokens must be >= 1", file=sys.stderr)
         return 2
     try:
+        _check_out(args.out)
         image = read_image(args.image)
         model = load_model(args.model, args.tracking_uri).to(torch.device(args.device)).eval()
         prediction = model.predict([image], [args.question], args.max_new_tokens)[0]
@@ -124,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     except (PredictError, ConfigError) as error:  # ConfigError: the checkpoint's own config
         print(f"error: {error}", file=sys.stderr)
         return 2
+    missing = [str(path) for path in paths.values() if not path.is_file()]
+    if missing:
+        print(f"error: outputs not written: {', '.join(missing)}", file=sys.stderr)
+        return 1
     print(f"Answer: {prediction.text}")
     print(f"See: {'yes' if prediction.exists else 'no'}")
     print(f"Mask: {paths['mask']}")

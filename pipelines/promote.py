@@ -18,8 +18,10 @@ import sys
 
 from pipelines.champion import PromotionRefused, promote_if_better
 from pipelines.config import load_job_config
+from pipelines.outcome import run_command
 from pipelines.registry import CANDIDATE_ALIAS
 from pipelines.tracking import resolve_tracking_uri
+from pipelines.training.preflight import PreflightError, check_tracking
 from read_model.config import ConfigError
 
 
@@ -39,7 +41,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
     args = parse_args(argv)
     config = load_job_config(args.config, args.overrides)
-    client = MlflowClient(tracking_uri=resolve_tracking_uri(config.mlflow))
+    tracking_uri = resolve_tracking_uri(config.mlflow)
+    try:
+        check_tracking(tracking_uri)
+    except PreflightError as error:
+        raise ConfigError(str(error)) from error
+    client = MlflowClient(tracking_uri=tracking_uri)
     name = config.mlflow.registered_model
     try:
         version = str(client.get_model_version_by_alias(name, args.alias).version)
@@ -54,12 +61,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    try:
-        main(argv)
-    except (ConfigError, PromotionRefused) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    """0 decided (promoted or not), 1 failed, 2 could not start or refused (metrics from another
+    evaluation basis), 130 interrupted."""
+    return run_command("read-promote", lambda: main(argv),
+                       usage_errors=(ConfigError, PromotionRefused),
+                       resume="run the same command again: the decision is recomputed")
 
 
 if __name__ == "__main__":

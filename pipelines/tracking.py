@@ -10,6 +10,7 @@ resumed. Only rank 0 logs.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from collections.abc import Iterator
@@ -34,6 +35,12 @@ EXPERIMENT_KIND = "custom_model_development"
 SQLITE_PREFIX = "sqlite:///"
 LOSS_METRIC = "train/total"  # shown next to the workflow's training progress bar
 MAX_PARAM_LENGTH = 6000  # MLflow's param value limit (8000 on sqlite, lower on some servers)
+RESUMED_FROM_METRIC = "progress/resumed_from"  # logged at every step by the training loop
+RERUN_TAG = "read.rerun_steps_kept_from_earlier_attempt"
+LOG_BATCH_SIZE = 1000  # MLflow's log_batch limit on metrics per call
+SINGLE_ATTEMPT_TIMEOUT_S = "10"  # one try of a buffered flush, no client-side retries
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_tracking_uri(settings: MlflowConfig, cwd: str | Path | None = None) -> str:
@@ -144,15 +151,46 @@ def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None
     MlflowClient(tracking_uri).set_terminated(run_id, status=status)
 
 
-class RankZeroLogger:
-    """Metric logging into an existing run; a no-op on every rank but 0."""
+class TrackingOutageError(RuntimeError):
+    """The tracking server stayed unreachable longer than `mlflow.outage_budget_s`."""
 
-    def __init__(self, tracking_uri: str, run_id: str, rank: int, system_metrics: bool = True):
+
+class RankZeroLogger:
+    """Metric logging into an existing run; a no-op on every rank but 0.
+
+    A tracking outage does not stop training: each step's values are buffered, a failed
+    `log_batch` (tried once, without MLflow's own minute of HTTP retries) is retried every
+    `retry_every_s` at the next step, and the log says what it is waiting for, since when and
+    until when. When the server answers, everything buffered is flushed in step order. An
+    outage longer than `outage_budget_s` raises TrackingOutageError naming the steps whose
+    values were not logged (docs/failure-modes.md).
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str, rank: int, system_metrics: bool = True,
+                 *, outage_budget_s: float = 3600.0, retry_every_s: float = 15.0):
         self.active = rank == 0 and bool(run_id)
         self._client = MlflowClient(tracking_uri) if self.active else None
         self._run_id = run_id
         self._tracking_uri = tracking_uri
         self._system_metrics = system_metrics
+        self._logged_through = 0  # steps up to here already have their values in the run
+        self._pending: list[mlflow.entities.Metric] = []
+        self._outage_since: float | None = None
+        self._next_try = 0.0
+        self.outage_budget_s = outage_budget_s
+        self.retry_every_s = retry_every_s
+
+    def resume_at(self, step: int) -> None:
+        """A resumed attempt restarts at checkpoint `step`; steps the interrupted attempt had
+        already logged past it are recomputed but not logged again, so MLflow's history keeps
+        exactly one value per step. The run's tag RERUN_TAG names those steps."""
+        if not self.active or step <= 0:
+            return
+        history = self._client.get_metric_history(self._run_id, RESUMED_FROM_METRIC)
+        self._logged_through = max((m.step for m in history), default=0)
+        if self._logged_through > step:
+            self._client.set_tag(self._run_id, RERUN_TAG,
+                                 f"{step + 1}-{self._logged_through}")
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if not self.active:
@@ -161,12 +199,85 @@ class RankZeroLogger:
 
         loss = metrics.get(LOSS_METRIC)
         progress.report(step, note=None if loss is None else f"loss {loss:.3f}")
+        if step <= self._logged_through:
+            return
         stamp = int(time.time() * 1000)
-        entries = [
-            mlflow.entities.Metric(key, float(value), stamp, step)
-            for key, value in metrics.items()
-        ]
-        self._client.log_batch(self._run_id, metrics=entries)
+        self._pending += [mlflow.entities.Metric(key, float(value), stamp, step)
+                          for key, value in metrics.items()]
+        self.flush()
+
+    @property
+    def buffered(self) -> int:
+        """Metric values waiting for the tracking server."""
+        return len(self._pending)
+
+    def flush(self, *, wait: bool = False) -> bool:
+        """Send what is buffered; True when nothing is left. `wait` keeps retrying (the end of
+        training) until the server answers or the outage budget is spent."""
+        import time
+
+        while self._pending:
+            now = time.monotonic()
+            if now < self._next_try:
+                if not wait:
+                    return False
+                time.sleep(self._next_try - now)
+                continue
+            backlog = (len(self._pending), self._pending[0].step, self._pending[-1].step)
+            try:
+                with _single_attempt():
+                    while self._pending:
+                        chunk = self._pending[:LOG_BATCH_SIZE]
+                        self._client.log_batch(self._run_id, metrics=chunk)
+                        del self._pending[:len(chunk)]
+            except Exception as error:  # connection refused, 5xx, timeout: all mean "wait"
+                self._waiting(error)
+                continue
+            self._recovered(*backlog)
+        return True
+
+    def close(self) -> None:
+        """End of training: everything buffered reaches the run, or TrackingOutageError."""
+        if self.active:
+            self.flush(wait=True)
+
+    def _waiting(self, error: Exception) -> None:
+        import datetime
+        import time
+
+        now = time.monotonic()
+        if self._outage_since is None:
+            self._outage_since = now
+        waited = now - self._outage_since
+        steps = sorted({m.step for m in self._pending})
+        if waited >= self.outage_budget_s:
+            raise TrackingOutageError(
+                f"MLflow at {self._tracking_uri} unreachable for {waited:.0f} s (more than "
+                f"mlflow.outage_budget_s={self.outage_budget_s:g}): {len(self._pending)} metric "
+                f"values of steps {steps[0]}-{steps[-1]} were not logged; the checkpoints "
+                f"hold the training state: run the same command again once it is back "
+                f"({_first_line(error)})") from error
+        wall = datetime.datetime.now(datetime.UTC)
+        retry_at = wall + datetime.timedelta(seconds=self.retry_every_s)
+        give_up = wall + datetime.timedelta(seconds=self.outage_budget_s - waited)
+        logger.warning(
+            "waiting for MLflow at %s (unreachable for %.0f s: %s): training continues with "
+            "%d metric values of steps %d-%d buffered; next try in %.0f s at %s UTC, giving up "
+            "at %s UTC (mlflow.outage_budget_s)", self._tracking_uri, waited,
+            _first_line(error), len(self._pending), steps[0], steps[-1], self.retry_every_s,
+            retry_at.strftime("%H:%M:%S"), give_up.strftime("%H:%M:%S"))
+        self._next_try = now + self.retry_every_s
+
+    def _recovered(self, count: int, first: int, last: int) -> None:
+        import time
+
+        if self._outage_since is None:
+            return
+        logger.warning("MLflow at %s answers again after %.0f s: flushed %d buffered metric "
+                       "values of steps %d-%d", self._tracking_uri,
+                       time.monotonic() - self._outage_since, count, first, last)
+        self._outage_since = None
+        self._next_try = 0.0
 
     @contextmanager
     def system_metrics(self) -> Iterator[None]:
@@ -197,3 +308,26 @@ def _has_psutil() -> bool:
 def _param_text(value: Any) -> str:
     text = str(value)
     return text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
+
+
+@contextmanager
+def _single_attempt() -> Iterator[None]:
+    """MLflow's client retries a failed request for about a minute by default; a buffered
+    flush tries once and lets training go on (the variables are read per request)."""
+    names = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+             "MLFLOW_HTTP_REQUEST_TIMEOUT": SINGLE_ATTEMPT_TIMEOUT_S}
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update(names)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _first_line(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}".strip().splitlines()
+    return text[0][:300] if text else type(error).__name__

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipelines import storage
+from pipelines import outcome, storage
 from pipelines.cluster_capacity import training_request
 from pipelines.cluster_checks import ClusterCheckError, check_cluster
 from pipelines.config import JobConfig, check_job_paths, job_config_dict, load_job_config
@@ -68,12 +68,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ensure_ray(upload_working_dir=True)
     cluster = check_cluster(config, training_request(config), weights=True)
     run_id = _open_mlflow_run(config, tracking_uri, shard_sets, args.parent_run_id)
+    outcome.note_run(tracking_uri, run_id)
     try:
         result = _fit(config, tracking_uri, run_id, shard_sets)
         summary = _finish(config, tracking_uri, run_id, result, register=not args.no_register)
         summary["cluster"] = cluster
-    except BaseException:
-        finish_run(tracking_uri, run_id, status="FAILED")
+    except BaseException as error:
+        finish_run(tracking_uri, run_id, status=outcome.terminal_status(error))
         raise
     finish_run(tracking_uri, run_id)
     print(json.dumps(summary), flush=True)
@@ -100,11 +101,18 @@ def _open_mlflow_run(config: JobConfig, tracking_uri: str,
 
 
 def _fit(config: JobConfig, tracking_uri: str, run_id: str, shard_sets: list[ShardSet]) -> Any:
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig
-    from ray.train import ScalingConfig as RayScalingConfig  # ours is pipelines.config's
-    from ray.train.torch import TorchConfig, TorchTrainer
+    """`trainer.fit()`; an interrupt raises JobInterrupted, a run short of max_steps JobIncomplete."""
+    from ray.train.torch import TorchTrainer
 
     from pipelines.training.loop import train_loop_per_worker
+
+    class InterruptAwareTrainer(TorchTrainer):
+        """Ray Train turns Ctrl-C into an abort that ends in `sys.exit(0)` or a dead controller;
+        a recorder in front of its SIGINT handler lets the driver say it was interrupted."""
+
+        def _register_sigint_handler(self, controller: Any) -> None:
+            super()._register_sigint_handler(controller)
+            outcome.wrap_sigint_handler(interrupted)
 
     scaling = config.scaling
     path, filesystem = storage_path(config), None
@@ -113,8 +121,34 @@ def _fit(config: JobConfig, tracking_uri: str, run_id: str, shard_sets: list[Sha
     resources = {"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker}
     if scaling.use_gpu:
         resources["GPU"] = scaling.gpus_per_worker
-    trainer = TorchTrainer(
-        train_loop_per_worker,
+    with outcome.sigint_watch() as interrupted:  # restores the handler Ray Train replaces
+        trainer = InterruptAwareTrainer(
+            train_loop_per_worker, **_trainer_options(config, tracking_uri, run_id, shard_sets,
+                                                      path, filesystem, resources))
+        try:
+            result = trainer.fit()
+        except BaseException as error:
+            if interrupted.is_set() or (isinstance(error, SystemExit) and not error.code):
+                raise outcome.JobInterrupted("Ray Train aborted the workers") from error
+            raise
+        if interrupted.is_set():
+            raise outcome.JobInterrupted("Ray Train aborted the workers")
+    step = (result.metrics or {}).get("step")
+    if step is not None and int(step) < config.train.max_steps:
+        raise outcome.JobIncomplete(f"training stopped at step {int(step)} of "
+                                    f"{config.train.max_steps}")
+    return result
+
+
+def _trainer_options(config: JobConfig, tracking_uri: str, run_id: str,
+                     shard_sets: list[ShardSet], path: str, filesystem: Any,
+                     resources: dict[str, float]) -> dict[str, Any]:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train import ScalingConfig as RayScalingConfig  # ours is pipelines.config's
+    from ray.train.torch import TorchConfig
+
+    scaling = config.scaling
+    return dict(
         train_loop_config={
             "job": job_config_dict(config),
             "mlflow": {"tracking_uri": tracking_uri, "run_id": run_id},
@@ -136,7 +170,6 @@ def _fit(config: JobConfig, tracking_uri: str, run_id: str, shard_sets: list[Sha
             checkpoint_config=CheckpointConfig(num_to_keep=config.train.num_to_keep),
         ),
     )
-    return trainer.fit()
 
 
 def _finish(config: JobConfig, tracking_uri: str, run_id: str, result: Any,
@@ -190,15 +223,28 @@ def _checkpoint_url(checkpoint: Any) -> str:
     return str(checkpoint.path)
 
 
+RESUME_HINT = ("run the same command again: it resumes from the last checkpoint into the same "
+               "MLflow run")
+
+
 def cli(argv: list[str] | None = None) -> int:
-    """Exit code 2 with a one-line message for a job that cannot start."""
+    """0 finished and registered, 1 failed, 2 could not start, 130 interrupted (pipelines/outcome).
+
+    From the command line (`argv` None) the job runs in a watched child process, so even a
+    driver killed with its Ray node exits non-zero and leaves no MLflow run RUNNING.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        main(argv)
-    except (ConfigError, preflight.PreflightError, ClusterCheckError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+
+    def direct() -> int:
+        return outcome.run_command("read-train", lambda: main(argv), resume=RESUME_HINT,
+                                   usage_errors=(ConfigError, preflight.PreflightError,
+                                                 ClusterCheckError))
+
+    if argv is not None:
+        return direct()
+    parse_args(sys.argv[1:])  # flag errors and --help here, before a child process starts
+    return outcome.supervise("read-train", "pipelines.train", sys.argv[1:], resume=RESUME_HINT,
+                             direct=direct)
 
 
 if __name__ == "__main__":

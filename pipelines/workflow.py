@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipelines import storage
+from pipelines import outcome, storage
 from pipelines.config import JobConfig, check_job_paths, load_job_config
 from pipelines.evaluation.scoring import GroupMetrics, summary_markdown
 from pipelines.tracking import LOSS_METRIC
@@ -73,11 +73,13 @@ def run_workflow(config_path: str | Path | None, overrides: list[str], *, ablati
               f"train.storage_path={_location(config.train.storage_path)}",
               f"eval.output={_location(config.eval.output)}"]
     context = {"config_sha256": _config_hash(config_path)}
+    check_start(config, tracking_uri)
 
     client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     experiment_id = ensure_experiment(client, config.mlflow.experiment, tracking_uri)
     parent = client.create_run(experiment_id, run_name="workflow-ablation" if ablation else "workflow",
                                tags={"read.kind": "workflow"}).info.run_id
+    outcome.note_run(tracking_uri, parent)
     client.log_param(parent, "config", str(config_path))
     client.log_param(parent, "overrides", " ".join(overrides)[:6000] or "-")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars
@@ -97,8 +99,10 @@ def run_workflow(config_path: str | Path | None, overrides: list[str], *, ablati
                             board=board)
         result = _steps(runner, config, config_path, pinned, context, shards, workdir, eval_names,
                         tracking_uri, parent, ablation)
-    except BaseException:
-        client.set_terminated(parent, RunStatus.to_string(RunStatus.FAILED))
+    except BaseException as error:
+        status = outcome.terminal_status(error)
+        _close_children(client, experiment_id, parent, status)
+        client.set_terminated(parent, status)
         raise
     client.set_terminated(parent, RunStatus.to_string(RunStatus.FINISHED))
     result.update(parent_run_id=parent, tracking_uri=tracking_uri,
@@ -106,6 +110,43 @@ def run_workflow(config_path: str | Path | None, overrides: list[str], *, ablati
                   ran=[r.name for r in runner.results if not r.skipped])
     _report(client, result, tracking_uri)
     return result
+
+
+def check_start(config: JobConfig, tracking_uri: str) -> None:
+    """What would fail later, checked before Ray starts: the dataset root (when given) is a
+    readable folder, every output location is writable, the tracking store answers."""
+    from pipelines.training.preflight import PreflightError, check_tracking
+
+    root = config.workflow.dataset_root
+    if root and not storage.is_s3(root) and not Path(root).is_dir():
+        raise PreflightError(f"workflow.dataset_root={root}: no such folder")
+    for name, url in (("workflow.workdir", config.workflow.workdir),
+                      ("data.shards", config.data.shards),
+                      ("train.storage_path", config.train.storage_path),
+                      ("eval.output", config.eval.output)):
+        try:
+            storage.check_reachable(url)
+        except storage.StorageError as error:
+            raise PreflightError(f"{name}: {error}") from error
+    check_tracking(tracking_uri)
+
+
+def _close_children(client: Any, experiment_id: str, parent: str, status: str) -> None:
+    """Runs nested under the workflow run (steps, and the training/evaluation runs the steps
+    opened) that are still RUNNING end with the workflow's status, e.g. KILLED on Ctrl-C."""
+    from pipelines.workflow_steps.runner import PARENT_TAG
+
+    running = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'",
+                                 max_results=500)
+    family, changed = {parent}, True
+    while changed:  # nesting is shallow: steps, then the runs they opened
+        changed = False
+        for run in running:
+            run_id = run.info.run_id
+            if run_id not in family and run.data.tags.get(PARENT_TAG) in family:
+                family.add(run_id)
+                client.set_terminated(run_id, status)
+                changed = True
 
 
 def _count_steps(config: JobConfig, ablation: bool) -> int:
@@ -297,19 +338,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+RESUME_HINT = "run the same command again: finished steps are skipped"
+
+
 def cli(argv: list[str] | None = None) -> int:
+    """0 every step finished, 1 a step failed, 2 could not start, 130 interrupted; from the
+    command line the workflow runs in a watched child process (pipelines/outcome.py)."""
     args = parse_args(argv)
-    try:
-        run_workflow(args.config, args.overrides, ablation=args.ablation, verbose=args.verbose)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except StepFailed as error:
-        print(f"\nworkflow stopped: {first_line(str(error))}\nthe whole error and traceback are "
-              f"the tags {TAG_ERROR} and {TAG_TRACEBACK} of that MLflow run; fix the cause and run "
-              "the same command again: finished steps are skipped.", file=sys.stderr)
-        return 1
-    return 0
+
+    def body() -> int:
+        try:
+            run_workflow(args.config, args.overrides, ablation=args.ablation,
+                         verbose=args.verbose)
+        except StepFailed as error:
+            print(f"\nworkflow stopped: {first_line(str(error))}\nthe whole error and traceback "
+                  f"are the tags {TAG_ERROR} and {TAG_TRACEBACK} of that MLflow run; fix the "
+                  "cause and run the same command again: finished steps are skipped.",
+                  file=sys.stderr)
+            return outcome.EXIT_FAILED
+        return outcome.EXIT_OK
+
+    def direct() -> int:
+        from pipelines.training.preflight import PreflightError
+
+        return outcome.run_command("read-workflow", body, resume=RESUME_HINT,
+                                   usage_errors=(ConfigError, PreflightError))
+
+    if argv is not None:
+        return direct()
+    return outcome.supervise("read-workflow", "pipelines.workflow", sys.argv[1:],
+                             resume=RESUME_HINT, direct=direct)
 
 
 if __name__ == "__main__":

@@ -365,6 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """0 converted, 1 failed, 2 unusable input, 130 interrupted (pipelines/outcome.py)."""
+    from pipelines.outcome import run_command
+
+    return run_command("read-convert", lambda: _convert(argv),
+                       resume="run the same command again")
+
+
+def _convert(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     options = ConvertOptions(
         clip=args.clip,

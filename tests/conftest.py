@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from fault_report import fault_table, pytest_terminal_summary  # noqa: F401 - the fault table
 from services import RAY_LOOPBACK, TEST_AWS_KEYS, free_port, start_mlflow, start_s3
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

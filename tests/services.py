@@ -100,9 +100,10 @@ def start_s3(log_dir: Path) -> Service:
 
 
 def start_mlflow(workdir: Path, artifact_root: str | None = None,
-                 env: dict[str, str] | None = None) -> Service:
-    """`mlflow server` with a SQLite store and one worker; ready once /health answers."""
-    port = free_port()
+                 env: dict[str, str] | None = None, port: int | None = None) -> Service:
+    """`mlflow server` with a SQLite store and one worker; ready once /health answers.
+    `port` restarts a stopped server where its clients expect it (outage tests)."""
+    port = port or free_port()
     url = f"http://{LOOPBACK}:{port}"
     argv = [str(VENV_BIN / "mlflow"), "server",
             "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",

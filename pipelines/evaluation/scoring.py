@@ -136,7 +136,7 @@ def flat_metrics(table: list[GroupMetrics]) -> dict[str, float]:
 
 # Each metric family follows the number of queries it is computed on.
 TABLE_COLUMNS = (
-    "num_queries", "see", "segment_ciou",
+    "num_queries", "expected_queries", "coverage", "see", "segment_ciou",
     "true_premise_count", "giou", "ciou",
     "short_count", "short_giou", "short_ciou", "long_count", "long_giou", "long_ciou",
     "false_premise_count", "say_count", "say", "say_recall",
@@ -144,6 +144,28 @@ TABLE_COLUMNS = (
     "points_only_tuned_count", "points_only_tuned_giou", "points_only_tuned_ciou",
     "points_only_base_sam_count", "points_only_base_sam_giou", "points_only_base_sam_ciou",
 )
+
+
+def label_coverage(table: list[GroupMetrics], expected: dict[tuple[str, str], int]) -> float:
+    """Give every group the number of queries its data holds (`expected_queries`) next to the
+    number scored (`num_queries`), and their ratio (`coverage`); a dataset/split none of whose
+    queries could be scored gets a row too. Returns the pooled coverage."""
+    present = {(g.dataset, g.split) for g in table}
+    pooled = table.pop()  # the OVERALL group stays last
+    for dataset, split in sorted(expected):
+        if (dataset, split) not in present:
+            table.append(GroupMetrics(dataset, split, {"num_queries": 0.0}))
+    table.sort(key=lambda g: (g.dataset, g.split))
+    table.append(pooled)
+    for group in table:
+        if group is pooled:
+            count = sum(expected.values())
+        else:
+            count = expected.get((group.dataset, group.split), 0)
+        scored = group.metrics.get("num_queries", 0.0)
+        group.metrics["expected_queries"] = float(count)
+        group.metrics["coverage"] = scored / count if count else float("nan")
+    return pooled.metrics["coverage"]
 
 
 def table_rows(table: list[GroupMetrics]) -> list[dict[str, object]]:
@@ -183,7 +205,7 @@ def to_markdown(rows: list[dict[str, object]]) -> str:
 
 def is_count(column: str) -> bool:
     """Columns holding numbers of queries (printed as integers, not percentages)."""
-    return column.endswith("count") or column == "num_queries"
+    return column.endswith("count") or column in ("num_queries", "expected_queries")
 
 
 # The console summary: (header, metric key, key of the query count it is computed on).
@@ -208,7 +230,7 @@ def summary_markdown(table: list[GroupMetrics]) -> str:
     for group in table:
         m = group.metrics
         name = OVERALL if group.dataset == OVERALL else f"{group.dataset}/{group.split}"
-        cells = [name, _integer(m.get("num_queries")), _integer(m.get("true_premise_count"))]
+        cells = [name, _scored_of(m), _integer(m.get("true_premise_count"))]
         cells += [_percent(m.get(key)) for _, key, _ in columns]
         lines.append("| " + " | ".join(cells) + " |")
     legend = {"true_premise_count": "the queries whose object is present",
@@ -222,6 +244,14 @@ def summary_markdown(table: list[GroupMetrics]) -> str:
     if pooled:
         notes.append(f"{OVERALL} = the {len(pooled)} rows above together")
     return "\n".join(lines) + "\n\n" + "; ".join(notes) + "."
+
+
+def _scored_of(metrics: dict[str, float]) -> str:
+    """"12", or "4 of 12 (PARTIAL)" when fewer queries were scored than the data holds."""
+    scored, expected = metrics.get("num_queries"), metrics.get("expected_queries")
+    if expected is None or scored is None or scored >= expected:
+        return _integer(scored)
+    return f"{_integer(scored)} of {_integer(expected)} (PARTIAL)"
 
 
 def _percent(value: float | None) -> str:

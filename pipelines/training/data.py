@@ -75,12 +75,16 @@ def train_batches(config: JobConfig, shard_sets: Sequence[ShardSet], *, rank: in
 
 def validation_batches(config: JobConfig, shard_sets: Sequence[ShardSet], *, rank: int,
                        world_size: int, batch_size: int,
-                       report: IntegrityReport | None = None) -> Iterator[list[ReadExample]]:
-    """This rank's share of every val set, once, in fixed order (S3 shards via the node cache)."""
+                       report: IntegrityReport | None = None,
+                       seen: list[int] | None = None) -> Iterator[list[ReadExample]]:
+    """This rank's share of every val set, once, in fixed order (S3 shards via the node cache).
+    `seen[0]` counts the samples read (the validation's coverage)."""
     batch: list[ReadExample] = []
     cache = loader_options(config).cache()
     for sample in rank_samples(shard_sets, rank=rank, world_size=world_size, report=report,
                                cache=cache):
+        if seen is not None:
+            seen[0] += 1
         example = evaluation_example(sample)
         if example is None:
             continue

@@ -37,7 +37,13 @@ from pipelines.training.checkpointing import (
 from pipelines.training.data import open_pinned, restore_data, train_batches, validation_batches
 from pipelines.training.engine import Engine, prepare_engine
 from pipelines.training.export import write_export
-from pipelines.training.validation import merge_across_ranks, score_batches, summary
+from pipelines.training.validation import (
+    check_coverage,
+    coverage_metrics,
+    merge_across_ranks,
+    score_batches,
+    summary,
+)
 from pipelines.weights import provision
 from read_model.config import from_dict
 
@@ -89,8 +95,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                             num_image_tokens=model.num_image_tokens,
                             restored=data_states or None, prior_report=data_report)
     tracker = RankZeroLogger(loop_config["mlflow"]["tracking_uri"], loop_config["mlflow"]["run_id"],
-                             rank, system_metrics=loop_config["mlflow"].get("system_metrics", True))
+                             rank, system_metrics=loop_config["mlflow"].get("system_metrics", True),
+                             outage_budget_s=config.mlflow.outage_budget_s,
+                             retry_every_s=config.mlflow.retry_every_s)
     resumed_from = progress.step
+    tracker.resume_at(resumed_from)  # re-run steps keep the values already logged: one per step
     settings = config.train
 
     with tracker.system_metrics():
@@ -127,11 +136,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             })
             if step % settings.validate_every == 0 or step == settings.max_steps:
                 metrics.update(validate(engine, config, val_sets, tokenizer, rank, world_size))
+                if metrics["val/coverage"] < settings.min_val_coverage:
+                    tracker.log(metrics, step)  # the labelled partial validation, then fail
+                    tracker.close()
+                    check_coverage(metrics, settings.min_val_coverage)
             if step % settings.log_every == 0 or step == settings.max_steps or step == resumed_from + 1:
                 tracker.log(metrics, step)
             else:
                 tracker.log({"progress/resumed_from": float(resumed_from)}, step)
             if step % settings.checkpoint_every == 0 or step == settings.max_steps:
+                if step == settings.max_steps:  # before the final report: a retry would skip it
+                    tracker.close()  # buffered values reach the run, or TrackingOutageError
                 state = RankProgress(step=step, samples_seen=samples_seen, world_size=world_size)
                 _report_checkpoint(config, engine, state, rank, metrics, batches,
                                    final=step == settings.max_steps)
@@ -140,19 +155,24 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 def validate(engine: Engine, config: JobConfig, val_sets: Any, tokenizer: Any, rank: int,
              world_size: int) -> dict[str, float]:
-    """Teacher-forced gIoU / cIoU (and the trivial baselines) on every val sample, all ranks.
+    """Teacher-forced gIoU / cIoU (and the trivial baselines) on every val sample, all ranks,
+    with the samples read beside those the val manifests hold (val/coverage).
 
     Scoring goes through the distributed model (under FSDP2 each call gathers the shards), so
     every rank calls it equally often (`lockstep`).
     """
     scorer = engine.distributed.scoring_model
+    seen = [0]  # samples read: the validation's coverage of the val manifests
     batches = validation_batches(config, val_sets, rank=rank, world_size=world_size,
-                                 batch_size=config.eval.batch_size)
+                                 batch_size=config.eval.batch_size, seen=seen)
     meters = score_batches(scorer, batches, tokenizer=tokenizer, model_config=config.model,
                            device=engine.device, autocast=engine.autocast(),
                            lockstep=engine.distributed.kind == "fsdp")
     engine.distributed.module.train()
-    return summary(merge_across_ranks(meters, world_size))
+    metrics = summary(merge_across_ranks(meters, world_size))
+    metrics.update(coverage_metrics(seen[0], sum(s.manifest.num_samples for s in val_sets),
+                                    world_size))
+    return metrics
 
 
 def _report_checkpoint(config: JobConfig, engine: Engine, state: RankProgress, rank: int,

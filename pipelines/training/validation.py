@@ -116,3 +116,28 @@ def summary(meters: dict[str, SegmentationMeter], prefix: str = "val/") -> dict[
         out[f"{prefix}baseline_{who}_giou_present"] = float(
             meters[f"{who}/present"].result()["giou"])
     return out
+
+
+class ValidationCoverageError(RuntimeError):
+    """Fewer val samples were read than `train.min_val_coverage` of what the manifests hold."""
+
+
+def coverage_metrics(seen: int, expected: int, world_size: int,
+                     prefix: str = "val/") -> dict[str, float]:
+    """Samples validated (summed over ranks) beside the samples the val manifests hold."""
+    total = torch.tensor([float(seen)])
+    if world_size > 1 and dist.is_initialized():
+        dist.all_reduce(total)
+    samples = float(total.item())
+    return {f"{prefix}samples": samples, f"{prefix}expected_samples": float(expected),
+            f"{prefix}coverage": samples / expected if expected else float("nan")}
+
+
+def check_coverage(metrics: dict[str, float], minimum: float, prefix: str = "val/") -> None:
+    coverage = metrics[f"{prefix}coverage"]
+    if coverage < minimum:
+        raise ValidationCoverageError(
+            f"validation read {int(metrics[f'{prefix}samples'])} of "
+            f"{int(metrics[f'{prefix}expected_samples'])} val samples ({100 * coverage:.1f}%), "
+            f"below train.min_val_coverage={minimum:g}: damaged val shards are named in the "
+            "run's data metrics; repair them or lower train.min_val_coverage")

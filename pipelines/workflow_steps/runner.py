@@ -24,6 +24,7 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from pipelines.code_hash import function_code_hash
+from pipelines.outcome import JobInterrupted
 from pipelines.workflow_steps.console import StepConsole, progress_text
 
 FAIL_STEP_ENV = "READ_WORKFLOW_FAIL_STEP"  # test hook: name of a step to fail on purpose
@@ -166,6 +167,12 @@ class StepRunner:
         start = time.monotonic()
         try:
             outputs = self._execute(fn, name, {**inputs, **(runtime or {})}, num_cpus)
+        except (KeyboardInterrupt, JobInterrupted) as error:
+            self.client.set_tag(run, TAG_ERROR, "interrupted (SIGINT)")
+            self.client.set_terminated(run, "KILLED")
+            if self.console:
+                self.console.failed(name, "interrupted")
+            raise JobInterrupted(f"during step {name!r} (MLflow run {run})") from error
         except BaseException as error:
             message = f"{type(error).__name__}: {error}"
             self.client.set_tag(run, TAG_ERROR, message[:MAX_TAG_CHARS])
@@ -192,9 +199,13 @@ class StepRunner:
             options["runtime_env"] = {"env_vars": {FAIL_STEP_ENV: os.environ[FAIL_STEP_ENV]}}
         remote = ray.remote(num_cpus=num_cpus, max_retries=0)(_call_step).options(**options)
         pending = remote.remote(fn, name, inputs)
-        while not ray.wait([pending], timeout=POLL_S)[0]:
-            if self.console:
-                self.console.update(self._progress())
+        try:
+            while not ray.wait([pending], timeout=POLL_S)[0]:
+                if self.console:
+                    self.console.update(self._progress())
+        except KeyboardInterrupt:
+            ray.cancel(pending, force=True)  # the step's Ray Train / Ray Data work ends with it
+            raise
         return ray.get(pending)
 
     def _progress(self) -> dict[str, Any]:

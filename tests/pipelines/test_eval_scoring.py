@@ -12,6 +12,7 @@ from pipelines.evaluation.say_score import judge_say, normalise_words
 from pipelines.evaluation.scoring import (
     flat_metrics,
     giou_ciou,
+    label_coverage,
     score_results,
     summary_markdown,
     table_rows,
@@ -281,3 +282,29 @@ def test_scoring_options_reject_unknown_modes():
         ScoringOptions(modes=("segmentation", "sIoU"))
     with pytest.raises(ValueError, match="protocol"):
         ScoringOptions(protocol="beam")
+
+
+def test_partial_groups_carry_scored_and_expected_counts():
+    """4 of 12 reason_seg queries scored, none of fprefcoco's 5: each row says so, in MLflow's
+    flat metrics and in both printed tables, and the pooled coverage is 4/17."""
+    table = score_results([_r(f"a/{k}/0", i=1, u=2) for k in range(4)])
+    coverage = label_coverage(table, {("reason_seg", "val"): 12, ("fprefcoco", "val"): 5})
+    assert coverage == pytest.approx(4 / 17)
+    flat = flat_metrics(table)
+    assert flat["reason_seg.val.num_queries"] == 4 and flat["reason_seg.val.expected_queries"] == 12
+    assert flat["fprefcoco.val.num_queries"] == 0 and flat["fprefcoco.val.expected_queries"] == 5
+    assert flat["fprefcoco.val.coverage"] == 0 and "fprefcoco.val.giou" not in flat
+    assert flat["expected_queries"] == 17 and flat["coverage"] == pytest.approx(4 / 17)
+    summary = summary_markdown(table)
+    assert "| reason_seg/val | 4 of 12 (PARTIAL) |" in summary
+    assert "| fprefcoco/val | 0 of 5 (PARTIAL) |" in summary
+    assert "| all | 4 of 17 (PARTIAL) |" in summary
+    markdown = to_markdown(table_rows(table))
+    assert "| num_queries | expected_queries | coverage |" in markdown
+    assert "| reason_seg | val | 4 | 12 | 33.33 |" in markdown
+
+
+def test_complete_groups_print_plain_counts():
+    table = score_results([_r(f"a/{k}/0", i=1, u=2) for k in range(3)])
+    assert label_coverage(table, {("reason_seg", "val"): 3}) == 1.0
+    assert "| reason_seg/val | 3 |" in summary_markdown(table)

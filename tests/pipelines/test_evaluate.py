@@ -16,7 +16,7 @@ from dataset_builders.sample import Sample
 from pipelines.build_shards import write_samples
 from pipelines.champion import METRIC_TAG_PREFIX
 from pipelines.config import load_job_config
-from pipelines.evaluate import EvaluationError, evaluate, resolve_model_version
+from pipelines.evaluate import CoverageError, EvaluationError, evaluate, resolve_model_version
 from pipelines.evaluation.predictions_io import decode_rle, from_jsonl
 from pipelines.examples import evaluation_queries
 from pipelines.integrity import DamagedShardError
@@ -112,6 +112,9 @@ def test_one_and_two_actors_score_identically(ray_local, mlflow_server, register
     assert run.data.params["data.reason_seg/val.version"] == reason_val.version
     assert one["data"]["versions"]["reason_seg/val"] == reason_val.version
     assert run.data.metrics["data.damaged_shards"] == 0.0
+    # A complete evaluation: every query the manifests count was scored.
+    assert run.data.metrics["coverage"] == 1.0 and run.data.tags["read.partial"] == "no"
+    assert run.data.metrics["expected_queries"] == run.data.metrics["num_queries"]
     integrity = client.download_artifacts(one["run_id"], "data_integrity.json", str(tmp_path))
     consumed = json.loads(Path(integrity).read_text())["consumed"]
     assert consumed[reason_val.shard_url(reason_val.manifest.shards[0].name)] == \
@@ -129,8 +132,9 @@ def test_one_and_two_actors_score_identically(ray_local, mlflow_server, register
 
 
 @pytest.mark.integration
+@pytest.mark.fault
 def test_damaged_shard_is_named_and_fails_unless_skipped(ray_local, mlflow_server, registered,
-                                                         synthetic_root, tmp_path):
+                                                         synthetic_root, tmp_path, fault_table):
     root = tmp_path / "shards"
     _write_eval_sets(root, synthetic_root)
     damaged = resolve(str(root), "fprefcoco/val")
@@ -141,21 +145,35 @@ def test_damaged_shard_is_named_and_fails_unless_skipped(ray_local, mlflow_serve
     base = [f"eval.output={tmp_path / 'out'}", "eval.batch_size=2", "eval.num_overlays=0",
             "mlflow.experiment=eval-damage", f"data.shards={root}"]
     config = load_job_config(REPO / "configs" / "tiny.yaml", base)
-    with pytest.raises(DamagedShardError, match=r"shard-000000\.tar \(sha256 differs"):
+    with pytest.raises(DamagedShardError, match=r"shard-000000\.tar \(sha256 differs") as stop:
         evaluate(config, f"models:/{MODEL_NAME}@champion", NAMES, tracking_uri=mlflow_server)
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("eval-damage").experiment_id
     [failed] = client.search_runs([experiment])
+    fault_table("one flipped byte in an evaluation shard (default policy: fail)",
+                "1 (DamagedShardError; called in-process here)", str(stop.value)[:160],
+                failed.info.status, "nothing reported: the run stops, naming the shard")
     assert failed.info.status == "FAILED" and failed.data.metrics["data.damaged_shards"] == 1.0
 
+    # Skipping the damaged shard leaves fprefcoco/val unscored: the partial metrics are logged
+    # with the counts they were computed on and expected, and the default eval.min_coverage=1
+    # fails the run.
     config = load_job_config(REPO / "configs" / "tiny.yaml",
                              [*base, "data.on_damaged_shard=skip"])
-    summary = evaluate(config, f"models:/{MODEL_NAME}@champion", NAMES,
-                       tracking_uri=mlflow_server)
-    assert list(summary["data"]["damaged_shards"]) == [str(shard)]
-    assert summary["num_errors"] == 0 and "reason_seg.val.giou" in summary["metrics"]
-    assert not any(k.startswith("fprefcoco") for k in summary["metrics"])
-    assert client.get_run(summary["run_id"]).data.metrics["data.damaged_shards"] == 1.0
+    with pytest.raises(CoverageError, match=r"fprefcoco/val 0 of \d+"):
+        evaluate(config, f"models:/{MODEL_NAME}@champion", NAMES, tracking_uri=mlflow_server)
+    partial = max(client.search_runs([experiment]), key=lambda r: r.info.start_time)
+    metrics = partial.data.metrics
+    assert partial.info.status == "FAILED" and metrics["data.damaged_shards"] == 1.0
+    assert metrics["fprefcoco.val.num_queries"] == 0 and metrics["fprefcoco.val.expected_queries"] > 0
+    assert "fprefcoco.val.giou" not in metrics and "reason_seg.val.giou" in metrics
+    assert metrics["num_queries"] < metrics["expected_queries"]
+    assert metrics["coverage"] == metrics["num_queries"] / metrics["expected_queries"]
+    assert partial.data.tags["read.partial"].startswith("fprefcoco/val 0 of")
+    fault_table("the same shard with data.on_damaged_shard=skip",
+                "1 (CoverageError; called in-process here)", partial.data.tags["read.partial"],
+                partial.info.status, f"{int(metrics['expected_queries'] - metrics['num_queries'])}"
+                " queries, labelled in the metrics and tables")
 
 
 @pytest.mark.integration
