@@ -243,3 +243,23 @@ def test_build_from_s3_root_to_s3(ray_local, s3_server, synthetic_root):
     again = build_shards(s3_server.url(raw), out, sets=["reason_seg/val", "refcoco/val"],
                          options=options)
     assert {r.status for r in again} == {"up-to-date"}
+
+
+def test_a_shard_task_on_a_node_without_the_raw_data_fails_the_build_by_name(synthetic_root,
+                                                                            tmp_path):
+    """What a read task does on a node that cannot see a local root (`--shared-root` claimed a
+    mount that is not there): a dataset-level failure naming the folder and the node, never a
+    quarantine of every record. Run in-process with a root that this "node" lacks."""
+    from pipelines.build_shards import plan_folder, write_shard
+
+    absent = tmp_path / "not-mounted-here"
+    planned = plan_folder(str(absent), "reason_seg", "train", "")
+    assert planned["records"] == [] and planned["quarantine"] == []
+    assert "is not visible on node" in planned["fatal"] and str(absent) in planned["fatal"]
+    written = write_shard(str(absent), "reason_seg", "train", "", str(tmp_path / "out"),
+                          "shard-000000.tar", ["train/x"])
+    assert written["entry"] is None and "is not visible on node" in written["fatal"]
+    assert not (tmp_path / "out").exists()
+    # The same calls on the root that exists plan its records.
+    present = plan_folder(str(synthetic_root), "reason_seg", "train", "")
+    assert present["fatal"] is None and present["records"]
