@@ -49,7 +49,6 @@ from pipelines.evaluation.scoring import (
 )
 from pipelines.integrity import IntegrityReport
 from pipelines.ray_runtime import ensure_ray
-from pipelines.submitted_job import refuse_relative_paths
 from read_model.config import ConfigError, to_dict
 
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
@@ -529,8 +528,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         overrides.append(f"eval.modes=[{','.join(args.modes)}]")
     refuse_model_overrides(overrides)
     config = load_job_config(args.config, overrides)
-    check_job_paths(config, ("eval",))
-    refuse_relative_paths({f"--data[{i}]": path for i, path in enumerate(data)})
+    check_job_paths(config, ("eval", "data"))  # --data names sets under data.shards
     model = args.model
     if model.startswith("@"):  # an alias of the model the preset trains and registers
         model = f"models:/{config.mlflow.registered_model}{model}"

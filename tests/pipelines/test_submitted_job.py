@@ -62,3 +62,15 @@ def test_train_cli_exits_2_with_one_line(in_submitted_job, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "data.shards=artifacts/shards" in err
     assert len(err.splitlines()) == 1
+
+
+def test_evaluate_takes_set_names_and_refuses_only_a_relative_shard_root(in_submitted_job,
+                                                                        tmp_path, capsys):
+    """`--data` names `<dataset>/<split>` sets, which are not paths; `data.shards` is."""
+    from pipelines.evaluate import cli
+
+    code = cli(["--model", "models:/read-tiny@candidate", "--config", str(TINY),
+                "--data", "reason_seg/val", "refcoco/val", f"eval.output={tmp_path}/eval"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "data.shards=artifacts/shards" in err and "reason_seg/val" not in err
