@@ -167,13 +167,13 @@ class ScoringActor:
 
         from pipelines.config import WeightsConfig
         from pipelines.evaluation.query_scoring import QueryScorer, ScoringOptions
-        from pipelines.registry import download_registered
+        from pipelines.registry import checkpoint_dir, download_registered
         from pipelines.weights import provision_model_dir
         from read_model.checkpoint import load_model_dir
         from read_model.config import from_dict
 
         torch.set_num_threads(max(1, int(cpus)))
-        local = download_registered(model_uri, tracking_uri=tracking_uri)
+        local = checkpoint_dir(download_registered(model_uri, tracking_uri=tracking_uri))
         # The base weights the registered model was trained on, on this node (copied once).
         provision_model_dir(local, from_dict(WeightsConfig, weights or {}, "weights"))
         model, _, _ = load_model_dir(local)
