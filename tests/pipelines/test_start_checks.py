@@ -30,13 +30,25 @@ def one_missing_shard(synthetic_root, tmp_path) -> tuple[Path, Path]:
     return root, missing
 
 
-def _ray_started() -> bool:
+@pytest.fixture
+def ray_inits(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every attempt to start or join Ray, refused (the session may already run a local Ray, so
+    `ray.is_initialized()` says nothing about this test)."""
     import ray
 
-    return ray.is_initialized()
+    calls: list[str] = []
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        calls.append("ray.init")
+        raise AssertionError("Ray was started before the start-up checks failed")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    return calls
 
 
-def test_training_check_only_names_a_missing_shard(one_missing_shard, tmp_path, capsys):
+def test_training_check_only_names_a_missing_shard(one_missing_shard, tmp_path, capsys,
+                                                   ray_inits):
     from pipelines.train import cli
 
     root, missing = one_missing_shard
@@ -46,10 +58,11 @@ def test_training_check_only_names_a_missing_shard(one_missing_shard, tmp_path, 
                 f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"])
     assert code == 2
     assert missing.name in capsys.readouterr().err
-    assert not _ray_started()
+    assert ray_inits == []
 
 
-def test_evaluation_names_a_missing_shard_before_ray(one_missing_shard, tmp_path, capsys):
+def test_evaluation_names_a_missing_shard_before_ray(one_missing_shard, tmp_path, capsys,
+                                                    ray_inits):
     from pipelines.evaluate import cli
 
     root, missing = one_missing_shard
@@ -59,11 +72,11 @@ def test_evaluation_names_a_missing_shard_before_ray(one_missing_shard, tmp_path
                 f"eval.output={tmp_path / 'eval'}"])
     assert code == 2
     assert missing.name in capsys.readouterr().err
-    assert not _ray_started()
+    assert ray_inits == []
 
 
 @pytest.mark.parametrize("problem", ["dataset_root", "eval_output"])
-def test_workflow_checks_inputs_and_outputs_before_ray(problem, tmp_path, capsys):
+def test_workflow_checks_inputs_and_outputs_before_ray(problem, tmp_path, capsys, ray_inits):
     from pipelines.workflow import cli
 
     blocker = tmp_path / "a-file"
@@ -80,7 +93,7 @@ def test_workflow_checks_inputs_and_outputs_before_ray(problem, tmp_path, capsys
     assert cli(["--config", TINY, *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and expected in err and len(err.strip().splitlines()) == 1
-    assert not _ray_started()
+    assert ray_inits == []
 
 
 def test_predict_refuses_an_unwritable_out_before_loading(tmp_path, capsys):
