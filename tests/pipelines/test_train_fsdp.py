@@ -61,7 +61,7 @@ def _masks(model, batches, config) -> list[torch.Tensor]:
 def test_fsdp_matches_ddp_resumes_and_exports(synthetic_root, mlflow_server, ray_local, tmp_path,
                                              monkeypatch):
     from pipelines.config import load_job_config
-    from pipelines.registry import download_registered, load_registered
+    from pipelines.registry import checkpoint_dir, download_registered, load_registered
     from pipelines.train import main
     from pipelines.training.checkpointing import WEIGHTS_FILE
     from pipelines.training.loop import EXPORT_DIR
@@ -92,8 +92,8 @@ def test_fsdp_matches_ddp_resumes_and_exports(synthetic_root, mlflow_server, ray
     assert {s: int(v) for s, v in resumed.items()} == {1: 0, 2: 0, 3: 2, 4: 2}
 
     # The registered export: built dtypes, loads into a plain model, same masks as DDP's export.
-    export = download_registered("models:/read-fsdp@candidate", tmp_path / "dl",
-                                 tracking_uri=mlflow_server)
+    export = checkpoint_dir(download_registered("models:/read-fsdp@candidate", tmp_path / "dl",
+                                                tracking_uri=mlflow_server))
     stored = load_file(str(export / "trainable.safetensors"))
     assert stored["llava.base_model.model.lm_head.weight"].dtype == torch.bfloat16
     assert stored["sam.mask_decoder.iou_token.weight"].dtype == torch.bfloat16
