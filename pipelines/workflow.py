@@ -170,7 +170,8 @@ def _steps(runner: StepRunner, config: JobConfig, config_path: Path, pinned: lis
         )
         dataset_root, user_data = generated["dataset_root"], False
         source_stamp = steps.stamp(generated["summary"])
-    folders = sorted(set(config.data.train) | set(eval_names))
+    # Everything a later step reads: training, its validation, and the evaluation sets.
+    folders = sorted(set(config.data.train) | set(config.data.val) | set(eval_names))
     built = runner.run(
         "build_shards", steps.build,
         {"dataset_root": dataset_root, "shards": shards, "folders": folders,
