@@ -330,7 +330,7 @@ def _aws_job(rehearsal: Rehearsal, step: str) -> dict[str, Any]:
 def test_the_workflow_ends_with_a_champion_whose_metrics_came_from_evaluation(rehearsal):
     from mlflow.tracking import MlflowClient
 
-    from pipelines import storage
+    from pipelines.shard_sets import resolve
 
     client = MlflowClient(rehearsal.tracking_uri)
     champion = client.get_model_version_by_alias("read-tiny", "champion")
@@ -341,8 +341,8 @@ def test_the_workflow_ends_with_a_champion_whose_metrics_came_from_evaluation(re
     assert float(tags["read.eval.giou"]) == evaluation.data.metrics["giou"]
     assert tags["read.evaluation.protocol"] == "teacher_forced"
     for name in ("reason_seg/val", "refcoco/val"):
-        manifest = json.loads(storage.read_bytes(f"{rehearsal.shards}/{name}/manifest.json"))
-        assert f"{name}@{manifest['content_hash'][:12]}" in tags["read.evaluation.data"]
+        content_hash = resolve(rehearsal.shards, name).manifest.content_hash
+        assert f"{name}@{content_hash[:12]}" in tags["read.evaluation.data"]
     # The run that trained the champion is the AWS workflow's (the KubeRay one tied and lost).
     versions = client.search_model_versions("name='read-tiny'")
     assert len(versions) == 2
@@ -366,7 +366,8 @@ def test_both_workflows_ran_every_step(rehearsal):
         assert _aws_job(rehearsal, step)["status"] == "SUCCEEDED", step
     # The second pass found everything done: shards up to date, training at its last step.
     build = next(s for s in rehearsal.kuberay if s["file"].startswith("01"))["logs"]
-    reports = re.findall(r"^(\S+/\S+): (built|up-to-date);", build, re.MULTILINE)
+    reports = re.findall(r"^(\S+/\S+): (built|up-to-date) \(version \w+\);", build,
+                         re.MULTILINE)
     assert len(reports) >= 10 and {status for _, status in reports} == {"up-to-date"}, build
     train = last_json(next(s for s in rehearsal.kuberay if s["file"].startswith("02"))["logs"])
     assert train["metrics"]["step"] == MAX_STEPS
