@@ -339,7 +339,9 @@ def test_the_workflow_ends_with_a_champion_whose_metrics_came_from_evaluation(re
     # The evaluation run scored exactly this version, and its metric is the one on the version.
     assert evaluation.data.params["model_version"] == str(champion.version)
     assert float(tags["read.eval.giou"]) == evaluation.data.metrics["giou"]
-    assert tags["read.evaluation.protocol"] == "teacher_forced"
+    # The protocol on the version is the one the evaluation run used: the preset's (generate,
+    # since See/Say need the model's own answers; configs/tiny.yaml).
+    assert tags["read.evaluation.protocol"] == evaluation.data.params["protocol"] == "generate"
     for name in ("reason_seg/val", "refcoco/val"):
         content_hash = resolve(rehearsal.shards, name).manifest.content_hash
         assert f"{name}@{content_hash[:12]}" in tags["read.evaluation.data"]
