@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +27,7 @@ from torch.nn import functional as F
 from read_model.batch import ReadBatch
 from read_model.config import ReadConfig
 from read_model.llava import LlavaParts, apply_lora, base_llava, build_llava
+from read_model.preprocess import normalise_clip, normalise_sam
 from read_model.projection import SegProjection
 from read_model.sam import build_sam, prompt_and_decode, to_sam_frame
 from read_model.tokenizer import SpecialTokenIds
@@ -180,11 +181,18 @@ class ReadModel(nn.Module):
         self.sam.mask_decoder.requires_grad_(settings.mask_decoder)
         self.projection.requires_grad_(settings.seg_projection)
 
-    def encode_images(self, clip_pixels: Tensor, sam_pixels: Tensor) -> tuple[Tensor, Tensor]:
-        """CLIP features [B_img, N, D] and SAM image embeddings [B_img, C, h, w], once per image."""
-        trainable = self.config.trainable
+    def encode_images(
+        self, clip_frames: Tensor, sam_frames: Tensor, resized_sizes: Sequence[tuple[int, int]]
+    ) -> tuple[Tensor, Tensor]:
+        """CLIP features [B_img, N, D] and SAM image embeddings [B_img, C, h, w], once per image,
+        from the batch's uint8 frames (normalised here, on their device, in float32)."""
+        config, trainable = self.config, self.config.trainable
+        clip_pixels = normalise_clip(clip_frames, config.llava.clip_mean, config.llava.clip_std)
         features = self.parts.image_features(
             clip_pixels, track_grad=trainable.vision_tower or trainable.projector
+        )
+        sam_pixels = normalise_sam(
+            sam_frames, resized_sizes, config.sam.pixel_mean, config.sam.pixel_std
         )
         encoder = self.sam.image_encoder
         dtype = next(encoder.parameters()).dtype
@@ -321,7 +329,9 @@ class ReadModel(nn.Module):
     # ------------------------------------------------------------------ entry points
     def _teacher_forced_states(self, batch: ReadBatch) -> tuple[Tensor, Tensor]:
         """Last-layer states of every row (image features shared per image) + SAM embeddings."""
-        features, sam_embeddings = self.encode_images(batch.clip_pixels, batch.sam_pixels)
+        features, sam_embeddings = self.encode_images(
+            batch.clip_frames, batch.sam_frames, batch.resized_sizes
+        )
         row_features = features[batch.row_image.to(features.device)]
         hidden, _ = self.language_forward(batch.input_ids, batch.attention_mask, row_features)
         return hidden, sam_embeddings
@@ -462,7 +472,9 @@ class ReadModel(nn.Module):
         batch = collate_prompts(
             images, questions, self.tokenizer, self.config, self.num_image_tokens
         ).to(device)
-        features, sam_embeddings = self.encode_images(batch.clip_pixels, batch.sam_pixels)
+        features, sam_embeddings = self.encode_images(
+            batch.clip_frames, batch.sam_frames, batch.resized_sizes
+        )
         row_image = batch.row_image
         row_features = features[row_image]
         generated, generated_mask = self.generate_greedy(

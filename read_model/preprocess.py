@@ -7,6 +7,12 @@ processor upstream trained with did; the result equals transformers' PIL-backed
 `CLIPImageProcessorPil` and differs from its torchvision-backed twin only by interpolation noise.
 SAM's input is ResizeLongestSide (from `segment_anything` itself), normalised, zero-padded
 bottom/right to a square frame (docs/fidelity.md).
+
+Each view is made in two halves: `clip_frames` / `sam_frames` resize on the CPU (data loader)
+into uint8 frames, and `normalise_clip` / `normalise_sam` turn those into the encoders' float32
+input on whatever device the frames were moved to (the model calls them). Together they give
+bit for bit the float32 tensors a one-step CPU preprocessing gave (tests/read_model/
+test_preprocess.py), with a quarter of the bytes crossing from loader processes to the trainer.
 """
 
 from __future__ import annotations
@@ -47,10 +53,78 @@ def center_crop_box(height: int, width: int, size: int) -> tuple[int, int]:
     return (height - size) // 2, (width - size) // 2
 
 
-def _normalise(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    mean_t = torch.tensor(mean, dtype=images.dtype).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=images.dtype).view(1, 3, 1, 1)
-    return (images - mean_t) / std_t
+def clip_frames(images: Sequence[np.ndarray], size: int = 336) -> torch.Tensor:
+    """[B, 3, size, size] uint8: shortest edge to `size` (PIL bicubic), center crop.
+
+    Normalising happens later, where the frames are consumed (`normalise_clip`): a uint8 frame
+    is a quarter of the bytes a loader process hands to the trainer.
+    """
+    batch = torch.empty(len(images), 3, size, size, dtype=torch.uint8)
+    planes = batch.numpy()
+    for index, image in enumerate(images):
+        check_rgb_image(image, index)
+        height, width = image.shape[:2]
+        new_h, new_w = shortest_edge_size(height, width, size)
+        resized = Image.fromarray(image).resize((new_w, new_h), resample=Image.Resampling.BICUBIC)
+        top, left = center_crop_box(new_h, new_w, size)
+        planes[index] = np.asarray(resized.crop((left, top, left + size, top + size))).transpose(
+            2, 0, 1
+        )
+    return batch
+
+
+def sam_frames(
+    images: Sequence[np.ndarray], size: int = 1024
+) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """([B, 3, size, size] uint8, resized (h', w') per image): longest side to `size` with
+    segment-anything's own ResizeLongestSide, zero-padded bottom/right; `normalise_sam` follows."""
+    transform = ResizeLongestSide(size)
+    batch = torch.zeros(len(images), 3, size, size, dtype=torch.uint8)
+    planes = batch.numpy()
+    resized_sizes: list[tuple[int, int]] = []
+    for index, image in enumerate(images):
+        check_rgb_image(image, index)
+        resized = transform.apply_image(image)
+        new_h, new_w = resized.shape[:2]
+        planes[index, :, :new_h, :new_w] = resized.transpose(2, 0, 1)  # HWC -> CHW, one copy
+        resized_sizes.append((int(new_h), int(new_w)))
+    return batch, resized_sizes
+
+
+def normalise_clip(
+    frames: torch.Tensor, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD
+) -> torch.Tensor:
+    """uint8 CLIP frames [B, 3, S, S] -> float32 ((x / 255) - mean) / std on the frames' device.
+
+    Every constant is a tensor on that device: CUDA turns a division by a Python scalar into a
+    multiplication by its reciprocal, which can differ from the division in the last bit.
+    """
+    _check_frames(frames)
+    pixels = frames.to(torch.float32)
+    scale = torch.tensor(255.0, dtype=torch.float32, device=frames.device)
+    return pixels.div_(scale).sub_(_channels(mean, frames)).div_(_channels(std, frames))
+
+
+def normalise_sam(
+    frames: torch.Tensor,
+    resized_sizes: Sequence[tuple[int, int]],
+    mean: Sequence[float] = SAM_MEAN,
+    std: Sequence[float] = SAM_STD,
+) -> torch.Tensor:
+    """uint8 SAM frames [B, 3, S, S] -> float32 (x - mean) / std on 0-255 values, on the frames'
+    device, with everything outside each image's resized (h', w') exactly +0.0 (SAM pads after
+    normalising, so the padding is the normalised image's zero, not the normalised black)."""
+    _check_frames(frames)
+    if len(resized_sizes) != frames.shape[0]:
+        raise ValueError(f"{frames.shape[0]} SAM frames but {len(resized_sizes)} resized sizes")
+    pixels = frames.to(torch.float32).sub_(_channels(mean, frames)).div_(_channels(std, frames))
+    sizes = torch.tensor(resized_sizes, dtype=torch.long, device=frames.device).view(-1, 2)
+    rows = torch.arange(frames.shape[2], device=frames.device)
+    cols = torch.arange(frames.shape[3], device=frames.device)
+    inside = (rows.view(1, -1, 1) < sizes[:, 0].view(-1, 1, 1)) & (
+        cols.view(1, 1, -1) < sizes[:, 1].view(-1, 1, 1)
+    )
+    return pixels.masked_fill_(~inside[:, None], 0.0)
 
 
 def clip_preprocess(
@@ -60,20 +134,7 @@ def clip_preprocess(
     std: Sequence[float] = CLIP_STD,
 ) -> torch.Tensor:
     """[B, 3, size, size] float32: shortest edge to `size` (bicubic), center crop, /255, normalise."""
-    batch = torch.empty(len(images), 3, size, size)
-    mean_t, std_t = _channel_vector(mean), _channel_vector(std)
-    for index, image in enumerate(images):
-        check_rgb_image(image, index)
-        height, width = image.shape[:2]
-        new_h, new_w = shortest_edge_size(height, width, size)
-        resized = Image.fromarray(image).resize((new_w, new_h), resample=Image.Resampling.BICUBIC)
-        top, left = center_crop_box(new_h, new_w, size)
-        pixels = np.array(resized.crop((left, top, left + size, top + size)))
-        crop = torch.from_numpy(pixels).permute(2, 0, 1)
-        target = batch[index]
-        target.copy_(crop)  # uint8 -> float32 and HWC -> CHW in one pass
-        target.div_(255.0).sub_(mean_t).div_(std_t)  # in place: the same float32 operations
-    return batch
+    return normalise_clip(clip_frames(images, size), mean, std)
 
 
 def sam_preprocess(
@@ -84,20 +145,16 @@ def sam_preprocess(
 ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     """([B, 3, size, size] float32, resized (h', w') per image): longest side to `size`,
     normalised on 0-255 values, zero-padded bottom/right."""
-    transform = ResizeLongestSide(size)
-    batch = torch.zeros(len(images), 3, size, size)
-    mean_t, std_t = _channel_vector(mean), _channel_vector(std)
-    resized_sizes: list[tuple[int, int]] = []
-    for index, image in enumerate(images):
-        check_rgb_image(image, index)
-        resized = torch.from_numpy(transform.apply_image(image)).permute(2, 0, 1)
-        new_h, new_w = resized.shape[1:]
-        target = batch[index, :, :new_h, :new_w]
-        target.copy_(resized)  # uint8 -> float32 in place, no temporaries of the full frame
-        target.sub_(mean_t).div_(std_t)
-        resized_sizes.append((int(new_h), int(new_w)))
-    return batch, resized_sizes
+    frames, resized_sizes = sam_frames(images, size)
+    return normalise_sam(frames, resized_sizes, mean, std), resized_sizes
 
 
-def _channel_vector(values: Sequence[float]) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float32).view(3, 1, 1)
+def _check_frames(frames: torch.Tensor) -> None:
+    if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[1] != 3:
+        raise ValueError(
+            f"expected uint8 frames [B, 3, S, S], got {frames.dtype} {list(frames.shape)}"
+        )
+
+
+def _channels(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32, device=like.device).view(1, 3, 1, 1)

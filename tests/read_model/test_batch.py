@@ -19,7 +19,7 @@ from read_model.batch import (
 )
 from read_model.config import LlavaConfig, ReadConfig, SamConfig, TokenizerConfig
 from read_model.labels import IGNORE_INDEX, encode_conversation, encode_prompt
-from read_model.preprocess import clip_preprocess, sam_preprocess
+from read_model.preprocess import clip_frames, sam_frames
 from read_model.tokenizer import build_tiny_tokenizer, special_token_ids
 
 N_IMG = 4  # (28 // 14) ** 2
@@ -74,9 +74,12 @@ def test_collate_train_layout(tok: PreTrainedTokenizerFast, config: ReadConfig) 
     ids = special_token_ids(tok)
     assert isinstance(batch, ReadBatch)
     assert batch.row_image.tolist() == [0, 0, 0, 1]
-    assert batch.clip_pixels.shape == (2, 3, 28, 28) and batch.sam_pixels.shape == (2, 3, 32, 32)
-    torch.testing.assert_close(batch.clip_pixels, clip_preprocess([e.image for e in examples], 28))
-    assert batch.resized_sizes == sam_preprocess([e.image for e in examples], 32)[1]
+    assert batch.clip_frames.shape == (2, 3, 28, 28) and batch.sam_frames.shape == (2, 3, 32, 32)
+    assert batch.clip_frames.dtype == batch.sam_frames.dtype == torch.uint8
+    images = [e.image for e in examples]
+    assert torch.equal(batch.clip_frames, clip_frames(images, 28))
+    sam, resized = sam_frames(images, 32)
+    assert torch.equal(batch.sam_frames, sam) and batch.resized_sizes == resized
     assert batch.original_sizes == [(20, 30), (16, 12)]
 
     rows = [
@@ -162,9 +165,9 @@ def test_mask_for_answer_without_seg_is_an_error(
         collate_train([example], tok, config, N_IMG)
 
 
-def test_to_moves_and_casts_only_pixels(tok: PreTrainedTokenizerFast, config: ReadConfig) -> None:
-    batch = collate_train(_examples(), tok, config, N_IMG).to("cpu", dtype=torch.bfloat16)
-    assert batch.clip_pixels.dtype == batch.sam_pixels.dtype == torch.bfloat16
+def test_to_moves_and_keeps_dtypes(tok: PreTrainedTokenizerFast, config: ReadConfig) -> None:
+    batch = collate_train(_examples(), tok, config, N_IMG).to("cpu")
+    assert batch.clip_frames.dtype == batch.sam_frames.dtype == torch.uint8
     assert batch.input_ids.dtype == torch.long and batch.gt_masks[0].dtype == torch.float32
     assert batch.ignore_masks[0].dtype == torch.bool
 
@@ -193,7 +196,7 @@ def test_collate_prompts_left_pads(tok: PreTrainedTokenizerFast, config: ReadCon
         assert batch.attention_mask[i].tolist() == [0] * pad + [1] * len(row)
         assert (batch.input_ids[i, :pad] == ids.pad).all()
     assert batch.attention_mask[0].all()  # the longest row has no padding
-    assert batch.clip_pixels.shape == (3, 3, 28, 28) and len(batch.resized_sizes) == 3
+    assert batch.clip_frames.shape == (3, 3, 28, 28) and len(batch.resized_sizes) == 3
 
 
 def test_collate_prompts_checks_lengths(tok: PreTrainedTokenizerFast, config: ReadConfig) -> None:
