@@ -76,7 +76,7 @@ class ReadBatch:
     attention_mask: Tensor  # [R, T] long, 1 on real tokens
     labels: Tensor  # [R, T] long, -100 outside assistant answers
     row_image: Tensor  # [R] long, the image each row belongs to
-    gt_masks: list[Tensor]  # per image [n_i, H, W] float {0, 1}; ignore pixels count as 0
+    gt_masks: list[Tensor]  # per image [n_i, H, W] uint8 {0, 1}; ignore pixels count as 0
     ignore_masks: list[Tensor]  # per image [n_i, H, W] bool, True where the GT is 255
 
     def to(self, device: torch.device | str) -> ReadBatch:
@@ -185,7 +185,7 @@ def collate_train(
             image_masks.append(stack[:kept])
         masks = torch.from_numpy(np.concatenate(image_masks, axis=0))
         ignore = masks == IGNORE_VALUE
-        gt_masks.append(((masks > 0) & ~ignore).to(torch.float32))
+        gt_masks.append(((masks > 0) & ~ignore).to(torch.uint8))  # float32 on the device
         ignore_masks.append(ignore)
     images = [e.image for e in examples]
     input_ids = _pad(rows_ids, ids.pad, left=False)

@@ -103,12 +103,12 @@ def test_collate_train_layout(tok: PreTrainedTokenizerFast, config: ReadConfig) 
     ]
     assert seg_per_image == [m.shape[0] for m in batch.gt_masks] == [3, 1]
     assert batch.gt_masks[0].shape == batch.ignore_masks[0].shape == (3, 20, 30)
-    assert batch.gt_masks[1].shape == (1, 16, 12) and batch.gt_masks[0].dtype == torch.float32
+    assert batch.gt_masks[1].shape == (1, 16, 12) and batch.gt_masks[0].dtype == torch.uint8
     expected = np.stack([_mask(20, 30, s) for s in (1, 2, 3)])  # row order, then [SEG] order
     assert torch.equal(batch.ignore_masks[0], torch.from_numpy(expected == 255))
-    assert torch.equal(batch.gt_masks[0], torch.from_numpy((expected == 1).astype(np.float32)))
+    assert torch.equal(batch.gt_masks[0], torch.from_numpy((expected == 1).astype(np.uint8)))
     assert torch.equal(
-        batch.gt_masks[1][0], torch.from_numpy((_mask(16, 12, 4) == 1) * 1.0).float()
+        batch.gt_masks[1][0], torch.from_numpy((_mask(16, 12, 4) == 1).astype(np.uint8))
     )
 
 
@@ -168,7 +168,7 @@ def test_mask_for_answer_without_seg_is_an_error(
 def test_to_moves_and_keeps_dtypes(tok: PreTrainedTokenizerFast, config: ReadConfig) -> None:
     batch = collate_train(_examples(), tok, config, N_IMG).to("cpu")
     assert batch.clip_frames.dtype == batch.sam_frames.dtype == torch.uint8
-    assert batch.input_ids.dtype == torch.long and batch.gt_masks[0].dtype == torch.float32
+    assert batch.input_ids.dtype == torch.long and batch.gt_masks[0].dtype == torch.uint8
     assert batch.ignore_masks[0].dtype == torch.bool
 
 
