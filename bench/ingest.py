@@ -136,7 +136,7 @@ def feed(shard_set, workers: int, batches: int, step_s: float) -> dict[str, floa
         begin = time.perf_counter()
         batch = next(data)
         waited += time.perf_counter() - begin
-        assert batch.sam_frames.shape[-1] == 1024 and batch.clip_frames.shape[-1] == 336
+        assert batch.images.shape[-2:] == (480, 640)
         time.sleep(step_s)
     total = time.perf_counter() - steady_start
     data.close()
@@ -205,7 +205,7 @@ def ray_data_feed(shard_set, workers: int, batches: int, step_s: float) -> dict[
             except StopIteration:
                 break
             waited += time.perf_counter() - begin
-            assert batch.sam_frames.shape[-1] == 1024
+            assert batch.images.shape[-2:] == (480, 640)
             done += 1
             time.sleep(step_s)
         total = time.perf_counter() - steady_start

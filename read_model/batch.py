@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from read_model.config import LlavaConfig, ReadConfig
 from read_model.conversation import Dialogue
 from read_model.labels import IGNORE_INDEX, encode_dialogue, encode_prompt
-from read_model.preprocess import check_rgb_image, clip_frames, sam_frames
+from read_model.preprocess import check_rgb_image, image_batch, sam_resized_size
 from read_model.tokenizer import special_token_ids
 
 IGNORE_VALUE = 255  # ground-truth pixels excluded from evaluation (ReasonSeg "ignore" polygons)
@@ -51,8 +51,8 @@ class ReadExample:
 
 
 def _move(obj: object, device: torch.device | str) -> object:
-    """A copy whose tensors are on `device` (dtypes kept: frames stay uint8 until the model
-    normalises them there)."""
+    """A copy whose tensors are on `device` (dtypes kept: images stay uint8 until the model
+    resizes and normalises them there)."""
     changes = {}
     for f in fields(obj):  # type: ignore[arg-type]
         value = getattr(obj, f.name)
@@ -67,9 +67,8 @@ def _move(obj: object, device: torch.device | str) -> object:
 class ReadBatch:
     """Tensors for a training / teacher-forced step."""
 
-    # uint8 frames; the model normalises them on its device (read_model/preprocess.py)
-    clip_frames: Tensor  # [B_img, 3, S_clip, S_clip] uint8, resized and center-cropped
-    sam_frames: Tensor  # [B_img, 3, S_sam, S_sam] uint8, resized longest side, zero-padded
+    # the decoded images; the model resizes and normalises them on its device
+    images: Tensor  # [B_img, 3, H_max, W_max] uint8, each at the top left, zero-padded
     resized_sizes: list[tuple[int, int]]  # (h', w') inside the SAM frame, per image
     original_sizes: list[tuple[int, int]]  # (H, W) per image
     input_ids: Tensor  # [R, T] long, right padded with the pad id
@@ -80,7 +79,7 @@ class ReadBatch:
     ignore_masks: list[Tensor]  # per image [n_i, H, W] bool, True where the GT is 255
 
     def to(self, device: torch.device | str) -> ReadBatch:
-        """Move to `device`; the encoders' dtype is applied after normalising, in the model."""
+        """Move to `device`; the encoders' dtype is applied after preprocessing, in the model."""
         return _move(self, device)  # type: ignore[return-value]
 
 
@@ -88,8 +87,7 @@ class ReadBatch:
 class PromptBatch:
     """Tensors for batched generation: left-padded prompts ending with "ASSISTANT:"."""
 
-    clip_frames: Tensor  # uint8, as in `ReadBatch`
-    sam_frames: Tensor
+    images: Tensor  # uint8, as in `ReadBatch`
     resized_sizes: list[tuple[int, int]]
     original_sizes: list[tuple[int, int]]
     input_ids: Tensor  # [R, T] long, left padded
@@ -189,11 +187,9 @@ def collate_train(
         ignore_masks.append(ignore)
     images = [e.image for e in examples]
     input_ids = _pad(rows_ids, ids.pad, left=False)
-    clip, sam, resized = _frames(images, config)
     return ReadBatch(
-        clip_frames=clip,
-        sam_frames=sam,
-        resized_sizes=resized,
+        images=image_batch(images),
+        resized_sizes=_resized_sizes(images, config),
         original_sizes=[(int(i.shape[0]), int(i.shape[1])) for i in images],
         input_ids=input_ids,
         attention_mask=_attention([len(r) for r in rows_ids], input_ids.shape[1], left=False),
@@ -204,11 +200,8 @@ def collate_train(
     )
 
 
-def _frames(
-    images: Sequence[np.ndarray], config: ReadConfig
-) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
-    sam, resized = sam_frames(images, config.sam.image_size)
-    return clip_frames(images, config.llava.vision_image_size), sam, resized
+def _resized_sizes(images: Sequence[np.ndarray], config: ReadConfig) -> list[tuple[int, int]]:
+    return [sam_resized_size(i.shape[0], i.shape[1], config.sam.image_size) for i in images]
 
 
 def collate_prompts(
@@ -234,11 +227,9 @@ def collate_prompts(
             question = f"{tok_cfg.image_token}\n{question}"
         rows.append(encode_prompt(question, tokenizer, ids, num_image_tokens, tok_cfg))
     input_ids = _pad(rows, ids.pad, left=True)
-    clip, sam, resized = _frames(images, config)
     return PromptBatch(
-        clip_frames=clip,
-        sam_frames=sam,
-        resized_sizes=resized,
+        images=image_batch(images),
+        resized_sizes=_resized_sizes(images, config),
         original_sizes=[(int(i.shape[0]), int(i.shape[1])) for i in images],
         input_ids=input_ids,
         attention_mask=_attention([len(r) for r in rows], input_ids.shape[1], left=True),

@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from read_model.batch import ReadBatch
 from read_model.config import ReadConfig
 from read_model.llava import LlavaParts, apply_lora, base_llava, build_llava
-from read_model.preprocess import normalise_clip, normalise_sam
+from read_model.preprocess import clip_frames, normalise_clip, normalise_sam, sam_frames
 from read_model.projection import SegProjection
 from read_model.sam import build_sam, prompt_and_decode, to_sam_frame
 from read_model.tokenizer import SpecialTokenIds
@@ -182,18 +182,18 @@ class ReadModel(nn.Module):
         self.projection.requires_grad_(settings.seg_projection)
 
     def encode_images(
-        self, clip_frames: Tensor, sam_frames: Tensor, resized_sizes: Sequence[tuple[int, int]]
+        self, images: Tensor, original_sizes: Sequence[tuple[int, int]]
     ) -> tuple[Tensor, Tensor]:
         """CLIP features [B_img, N, D] and SAM image embeddings [B_img, C, h, w], once per image,
-        from the batch's uint8 frames (normalised here, on their device, in float32)."""
+        from the batch's uint8 images (resized and normalised here, on their device)."""
         config, trainable = self.config, self.config.trainable
-        clip_pixels = normalise_clip(clip_frames, config.llava.clip_mean, config.llava.clip_std)
+        clip = clip_frames(images, original_sizes, config.llava.vision_image_size)
+        clip_pixels = normalise_clip(clip, config.llava.clip_mean, config.llava.clip_std)
         features = self.parts.image_features(
             clip_pixels, track_grad=trainable.vision_tower or trainable.projector
         )
-        sam_pixels = normalise_sam(
-            sam_frames, resized_sizes, config.sam.pixel_mean, config.sam.pixel_std
-        )
+        sam, resized_sizes = sam_frames(images, original_sizes, config.sam.image_size)
+        sam_pixels = normalise_sam(sam, resized_sizes, config.sam.pixel_mean, config.sam.pixel_std)
         encoder = self.sam.image_encoder
         dtype = next(encoder.parameters()).dtype
         with torch.set_grad_enabled(trainable.sam_image_encoder and torch.is_grad_enabled()):
@@ -329,9 +329,7 @@ class ReadModel(nn.Module):
     # ------------------------------------------------------------------ entry points
     def _teacher_forced_states(self, batch: ReadBatch) -> tuple[Tensor, Tensor]:
         """Last-layer states of every row (image features shared per image) + SAM embeddings."""
-        features, sam_embeddings = self.encode_images(
-            batch.clip_frames, batch.sam_frames, batch.resized_sizes
-        )
+        features, sam_embeddings = self.encode_images(batch.images, batch.original_sizes)
         row_features = features[batch.row_image.to(features.device)]
         hidden, _ = self.language_forward(batch.input_ids, batch.attention_mask, row_features)
         return hidden, sam_embeddings
@@ -472,9 +470,7 @@ class ReadModel(nn.Module):
         batch = collate_prompts(
             images, questions, self.tokenizer, self.config, self.num_image_tokens
         ).to(device)
-        features, sam_embeddings = self.encode_images(
-            batch.clip_frames, batch.sam_frames, batch.resized_sizes
-        )
+        features, sam_embeddings = self.encode_images(batch.images, batch.original_sizes)
         row_image = batch.row_image
         row_features = features[row_image]
         generated, generated_mask = self.generate_greedy(

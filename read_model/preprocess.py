@@ -8,11 +8,12 @@ processor upstream trained with did; the result equals transformers' PIL-backed
 SAM's input is ResizeLongestSide (from `segment_anything` itself), normalised, zero-padded
 bottom/right to a square frame (docs/fidelity.md).
 
-Each view is made in two halves: `clip_frames` / `sam_frames` resize on the CPU (data loader)
-into uint8 frames, and `normalise_clip` / `normalise_sam` turn those into the encoders' float32
-input on whatever device the frames were moved to (the model calls them). Together they give
-bit for bit the float32 tensors a one-step CPU preprocessing gave (tests/read_model/
-test_preprocess.py), with a quarter of the bytes crossing from loader processes to the trainer.
+A data loader only decodes: `image_batch` ships the uint8 images as they are (a 640x480 photo
+is 0.9 MB, against 12 MB for its float32 SAM frame). Where the model runs, `clip_frames` /
+`sam_frames` resize them with Pillow's arithmetic (read_model/resample.py: Pillow itself on a
+CPU, the same integer arithmetic in torch on an accelerator) and `normalise_clip` /
+`normalise_sam` make the encoders' float32 input. Together they give bit for bit the tensors a
+one-step Pillow + float32 CPU preprocessing gave (tests/read_model/test_preprocess.py).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from segment_anything.utils.transforms import ResizeLongestSide
+
+from read_model.resample import resize
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -53,42 +55,77 @@ def center_crop_box(height: int, width: int, size: int) -> tuple[int, int]:
     return (height - size) // 2, (width - size) // 2
 
 
-def clip_frames(images: Sequence[np.ndarray], size: int = 336) -> torch.Tensor:
-    """[B, 3, size, size] uint8: shortest edge to `size` (PIL bicubic), center crop.
+def image_batch(images: Sequence[np.ndarray]) -> torch.Tensor:
+    """uint8 [B, 3, H_max, W_max]: each decoded image at the top left, zeros elsewhere.
 
-    Normalising happens later, where the frames are consumed (`normalise_clip`): a uint8 frame
-    is a quarter of the bytes a loader process hands to the trainer.
+    This is what a data loader ships; the resizes run where the model is (`clip_frames`,
+    `sam_frames`), so a loader process only decodes and copies.
     """
-    batch = torch.empty(len(images), 3, size, size, dtype=torch.uint8)
-    planes = batch.numpy()
     for index, image in enumerate(images):
         check_rgb_image(image, index)
-        height, width = image.shape[:2]
-        new_h, new_w = shortest_edge_size(height, width, size)
-        resized = Image.fromarray(image).resize((new_w, new_h), resample=Image.Resampling.BICUBIC)
-        top, left = center_crop_box(new_h, new_w, size)
-        planes[index] = np.asarray(resized.crop((left, top, left + size, top + size))).transpose(
-            2, 0, 1
-        )
+    height = max(image.shape[0] for image in images)
+    width = max(image.shape[1] for image in images)
+    batch = torch.zeros(len(images), 3, height, width, dtype=torch.uint8)
+    planes = batch.numpy()
+    for index, image in enumerate(images):
+        planes[index, :, : image.shape[0], : image.shape[1]] = image.transpose(2, 0, 1)
     return batch
 
 
+def sam_resized_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """(h', w') of an image inside the SAM frame: segment-anything's own ResizeLongestSide."""
+    new_h, new_w = ResizeLongestSide.get_preprocess_shape(height, width, size)
+    return int(new_h), int(new_w)
+
+
+def clip_frames(
+    images: torch.Tensor, original_sizes: Sequence[tuple[int, int]], size: int = 336
+) -> torch.Tensor:
+    """uint8 [B, 3, size, size] on the images' device: shortest edge to `size` (Pillow bicubic,
+    bit for bit), center crop. `images` is an `image_batch`, possibly moved to a device."""
+    _check_images(images, original_sizes)
+    frames = torch.empty(len(original_sizes), 3, size, size, dtype=torch.uint8,
+                         device=images.device)
+    for index, (height, width) in enumerate(original_sizes):
+        new_h, new_w = shortest_edge_size(height, width, size)
+        resized = resize(images[index, :, :height, :width], new_h, new_w, "bicubic")
+        top, left = center_crop_box(new_h, new_w, size)
+        frames[index] = resized[:, top : top + size, left : left + size]
+    return frames
+
+
 def sam_frames(
-    images: Sequence[np.ndarray], size: int = 1024
+    images: torch.Tensor, original_sizes: Sequence[tuple[int, int]], size: int = 1024
 ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-    """([B, 3, size, size] uint8, resized (h', w') per image): longest side to `size` with
-    segment-anything's own ResizeLongestSide, zero-padded bottom/right; `normalise_sam` follows."""
-    transform = ResizeLongestSide(size)
-    batch = torch.zeros(len(images), 3, size, size, dtype=torch.uint8)
-    planes = batch.numpy()
-    resized_sizes: list[tuple[int, int]] = []
-    for index, image in enumerate(images):
-        check_rgb_image(image, index)
-        resized = transform.apply_image(image)
-        new_h, new_w = resized.shape[:2]
-        planes[index, :, :new_h, :new_w] = resized.transpose(2, 0, 1)  # HWC -> CHW, one copy
-        resized_sizes.append((int(new_h), int(new_w)))
-    return batch, resized_sizes
+    """(uint8 [B, 3, size, size] on the images' device, resized (h', w') per image): longest
+    side to `size` as ResizeLongestSide does it (Pillow bilinear, bit for bit), zero-padded
+    bottom/right; `normalise_sam` follows."""
+    _check_images(images, original_sizes)
+    frames = torch.zeros(len(original_sizes), 3, size, size, dtype=torch.uint8,
+                         device=images.device)
+    resized_sizes = [sam_resized_size(height, width, size) for height, width in original_sizes]
+    for index, ((height, width), (new_h, new_w)) in enumerate(
+        zip(original_sizes, resized_sizes, strict=True)
+    ):
+        frames[index, :, :new_h, :new_w] = resize(
+            images[index, :, :height, :width], new_h, new_w, "bilinear"
+        )
+    return frames, resized_sizes
+
+
+def _check_images(images: torch.Tensor, original_sizes: Sequence[tuple[int, int]]) -> None:
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(
+            f"expected uint8 images [B, 3, H, W], got {images.dtype} {list(images.shape)}"
+        )
+    if len(original_sizes) != images.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but {len(original_sizes)} original sizes")
+    for index, (height, width) in enumerate(original_sizes):
+        if not (0 < height <= images.shape[2] and 0 < width <= images.shape[3]):
+            raise ValueError(
+                f"image {index}: size {height}x{width} does not fit the batch's "
+                f"{images.shape[2]}x{images.shape[3]}"
+            )
 
 
 def normalise_clip(
@@ -134,7 +171,8 @@ def clip_preprocess(
     std: Sequence[float] = CLIP_STD,
 ) -> torch.Tensor:
     """[B, 3, size, size] float32: shortest edge to `size` (bicubic), center crop, /255, normalise."""
-    return normalise_clip(clip_frames(images, size), mean, std)
+    sizes = [(image.shape[0], image.shape[1]) for image in images]
+    return normalise_clip(clip_frames(image_batch(images), sizes, size), mean, std)
 
 
 def sam_preprocess(
@@ -145,7 +183,8 @@ def sam_preprocess(
 ) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     """([B, 3, size, size] float32, resized (h', w') per image): longest side to `size`,
     normalised on 0-255 values, zero-padded bottom/right."""
-    frames, resized_sizes = sam_frames(images, size)
+    sizes = [(image.shape[0], image.shape[1]) for image in images]
+    frames, resized_sizes = sam_frames(image_batch(images), sizes, size)
     return normalise_sam(frames, resized_sizes, mean, std), resized_sizes
 
 

@@ -168,7 +168,7 @@ def test_seg_only_equals_sam_prompted_by_the_projection_alone(batch) -> None:
     model = _build(prompt_mode="seg_only").eval()
     with torch.no_grad():
         scores = model.score_teacher_forced(batch)
-        features, sam_embeddings = model.encode_images(batch.clip_frames, batch.sam_frames, batch.resized_sizes)
+        features, sam_embeddings = model.encode_images(batch.images, batch.original_sizes)
         hidden, _ = model.language_forward(
             batch.input_ids, batch.attention_mask, features[batch.row_image]
         )
@@ -198,7 +198,7 @@ def test_similarity_uses_the_configured_query_position(batch, position: str) -> 
     model.eval()
     with torch.no_grad():
         segments = model.score_teacher_forced(batch).segments
-        features, _ = model.encode_images(batch.clip_frames, batch.sam_frames, batch.resized_sizes)
+        features, _ = model.encode_images(batch.images, batch.original_sizes)
         hidden, _ = model.language_forward(
             batch.input_ids, batch.attention_mask, features[batch.row_image]
         )
@@ -293,7 +293,7 @@ def _greedy_without_cache(
     batch = collate_prompts(
         [image], [question], model.tokenizer, model.config, model.num_image_tokens
     )
-    features, _ = model.encode_images(batch.clip_frames, batch.sam_frames, batch.resized_sizes)
+    features, _ = model.encode_images(batch.images, batch.original_sizes)
     ids = batch.input_ids
     generated: list[int] = []
     for _ in range(steps):

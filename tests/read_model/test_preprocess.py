@@ -24,11 +24,13 @@ from read_model.preprocess import (
     SAM_STD,
     clip_frames,
     clip_preprocess,
+    image_batch,
     normalise_clip,
     normalise_sam,
     sam_frames,
     sam_preprocess,
 )
+from read_model.resample import resize_fixed_point
 
 SHAPES = [(37, 53), (53, 37), (10, 7), (24, 24), (90, 20)]
 
@@ -146,16 +148,21 @@ def _old_sam(image: np.ndarray, size: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_uint8_frames_normalised_on_the_device_equal_the_float32_path_bit_for_bit(
-    device: str,
+@pytest.mark.parametrize("arithmetic", ["pillow", "fixed_point"])
+def test_images_preprocessed_on_the_device_equal_the_pillow_float32_path_bit_for_bit(
+    device: str, arithmetic: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Frames made on the CPU, moved, normalised where they land: the old float32 numbers, and
-    the SAM padding +0.0 (not the normalised black, not -0.0)."""
+    """The loader's uint8 batch, moved, resized and normalised where it lands: the old numbers
+    (Pillow resize + float32 on the CPU), and the SAM padding +0.0 (not the normalised black,
+    not -0.0). "fixed_point" runs the accelerators' resize arithmetic on the CPU."""
+    if arithmetic == "fixed_point":
+        monkeypatch.setattr("read_model.preprocess.resize", resize_fixed_point)
     images = _images([(480, 640), (640, 480), (37, 53), (300, 300)], seed=4)
-    clip = clip_frames(images, 336).to(device)
-    sam, resized = sam_frames(images, 1024)
-    clip_pixels = normalise_clip(clip)
-    sam_pixels = normalise_sam(sam.to(device), resized)
+    sizes = [(image.shape[0], image.shape[1]) for image in images]
+    batch = image_batch(images).to(device)
+    clip_pixels = normalise_clip(clip_frames(batch, sizes, 336))
+    sam, resized = sam_frames(batch, sizes, 1024)
+    sam_pixels = normalise_sam(sam, resized)
     assert clip_pixels.dtype == sam_pixels.dtype == torch.float32
     assert clip_pixels.device.type == sam_pixels.device.type == device
     for index, image in enumerate(images):
@@ -167,14 +174,19 @@ def test_uint8_frames_normalised_on_the_device_equal_the_float32_path_bit_for_bi
     assert resized[0] == (768, 1024) and resized[1] == (1024, 768)
 
 
-def test_normalising_checks_its_input() -> None:
-    frames, resized = sam_frames(_images([(10, 12)]), 16)
+def test_preprocessing_checks_its_input() -> None:
+    images = image_batch(_images([(10, 12)]))
+    frames, resized = sam_frames(images, [(10, 12)], 16)
     with pytest.raises(ValueError, match="uint8 frames"):
         normalise_sam(frames.float(), resized)
     with pytest.raises(ValueError, match="1 SAM frames but 2 resized sizes"):
         normalise_sam(frames, resized * 2)
     with pytest.raises(ValueError, match="uint8 frames"):
         normalise_clip(frames[0])
+    with pytest.raises(ValueError, match="1 images but 2 original sizes"):
+        sam_frames(images, [(10, 12), (10, 12)], 16)
+    with pytest.raises(ValueError, match="image 0: size 11x12 does not fit"):
+        clip_frames(images, [(11, 12)], 16)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,131 @@
+"""Pillow's uint8 resize (bilinear, bicubic), bit for bit, as torch integer arithmetic.
+
+Upstream resizes with PIL: SAM's `ResizeLongestSide` (bilinear, through torchvision's PIL path)
+and the CLIP processor it trained with (bicubic). Those resizes were most of the data loader's
+CPU time, so the model resizes on its own device instead; to keep upstream's numbers it does
+what Pillow does (`Resample.c`, 8 bits per channel): per-axis filter weights in double
+precision, normalised to sum 1, rounded to 22-bit fixed point; a horizontal pass, rounded and
+clamped to uint8, then a vertical pass over that. Integer sums are exact on every device, so
+the result equals `PIL.Image.resize` exactly (tests/read_model/test_resample.py compares them).
+
+On a CPU device `resize` calls Pillow itself, one axis at a time (the same numbers, many times
+faster than this arithmetic there). One axis at a time pins the pass order: Pillow 13 runs the
+vertical pass first for some shapes (python-pillow/Pillow#9549: when the height shrinks much more
+than the width), which moves thin or tiny images by a few levels against the horizontal-first
+order of every earlier Pillow, the one upstream ran. Photo-shaped images are resized the same
+either way (tests/read_model/test_resample.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed point: 8 bits of result, 2 of headroom
+Filter = Literal["bilinear", "bicubic"]
+
+
+def _bilinear(x: float) -> float:
+    x = abs(x)
+    return 1.0 - x if x < 1.0 else 0.0
+
+
+def _bicubic(x: float) -> float:
+    a = -0.5  # Pillow's (and Keys') bicubic parameter; the expressions keep Pillow's order
+    x = abs(x)
+    if x < 1.0:
+        return ((a + 2.0) * x - (a + 3.0)) * x * x + 1
+    if x < 2.0:
+        return (((x - 5) * x + 8) * x - 4) * a
+    return 0.0
+
+
+FILTERS: dict[str, tuple[Callable[[float], float], float]] = {
+    "bilinear": (_bilinear, 1.0),
+    "bicubic": (_bicubic, 2.0),
+}
+
+
+@functools.lru_cache(maxsize=512)
+def axis_weights(in_size: int, out_size: int, kind: Filter) -> tuple[Tensor, Tensor]:
+    """(source index [out, k] long, fixed-point weight [out, k] long) for one axis.
+
+    Taps past an output's window get weight 0 (and a valid index), as in Pillow.
+    """
+    if in_size < 1 or out_size < 1:
+        raise ValueError(f"cannot resize {in_size} pixels to {out_size}")
+    filter_fn, filter_support = FILTERS[kind]
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = filter_support * filterscale
+    ksize = math.ceil(support) * 2 + 1
+    inverse = 1.0 / filterscale
+    index = torch.zeros(out_size, ksize, dtype=torch.long)
+    weight = torch.zeros(out_size, ksize, dtype=torch.long)
+    for out in range(out_size):  # once per (size, size, filter): cached
+        center = (out + 0.5) * scale
+        first = max(int(center - support + 0.5), 0)
+        count = min(int(center + support + 0.5), in_size) - first
+        taps = [filter_fn((tap + first - center + 0.5) * inverse) for tap in range(count)]
+        total = 0.0
+        for value in taps:  # plain left-to-right sum (Python >= 3.12's sum() compensates)
+            total += value
+        for tap, value in enumerate(taps):
+            normalised = value / total if total != 0.0 else value
+            rounding = -0.5 if normalised < 0 else 0.5
+            weight[out, tap] = int(rounding + normalised * (1 << PRECISION_BITS))
+        index[out, :count] = torch.arange(first, first + count)
+        index[out, count:] = first
+    return index, weight
+
+
+def _pass(pixels: Tensor, out_size: int, kind: Filter, dim: int) -> Tensor:
+    """Resample uint8 `pixels` along `dim` (-1: width, -2: height) to `out_size`, like Pillow."""
+    index, weight = axis_weights(pixels.shape[dim], out_size, kind)
+    index, weight = index.to(pixels.device), weight.to(pixels.device)
+    values = pixels.to(torch.long)
+    if dim == -1:
+        taps = values[..., index]  # [..., H, out, k]
+        sums = (taps * weight).sum(-1)
+    else:
+        taps = values[..., index, :]  # [..., out, k, W]
+        sums = (taps * weight[:, :, None]).sum(-2)
+    rounded = (sums + (1 << (PRECISION_BITS - 1))) >> PRECISION_BITS
+    return rounded.clamp_(0, 255).to(torch.uint8)
+
+
+def resize_fixed_point(pixels: Tensor, height: int, width: int, kind: Filter) -> Tensor:
+    """uint8 [..., H, W] -> uint8 [..., height, width] by Pillow's arithmetic on any device
+    (horizontal pass first; an axis whose size does not change is not resampled)."""
+    if pixels.dtype != torch.uint8:
+        raise ValueError(f"expected uint8 pixels, got {pixels.dtype}")
+    if pixels.shape[-1] != width:
+        pixels = _pass(pixels, width, kind, dim=-1)
+    if pixels.shape[-2] != height:
+        pixels = _pass(pixels, height, kind, dim=-2)
+    return pixels
+
+
+PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+def resize(pixels: Tensor, height: int, width: int, kind: Filter) -> Tensor:
+    """uint8 [3, H, W] -> uint8 [3, height, width] as Pillow resizes, horizontal pass first, on
+    the pixels' device: Pillow itself on a CPU, `resize_fixed_point` elsewhere."""
+    if pixels.device.type != "cpu":
+        return resize_fixed_point(pixels, height, width, kind)
+    if pixels.dtype != torch.uint8 or pixels.ndim != 3 or pixels.shape[0] != 3:
+        raise ValueError(f"expected uint8 [3, H, W] pixels, got {pixels.dtype} {list(pixels.shape)}")
+    image = Image.fromarray(np.ascontiguousarray(pixels.permute(1, 2, 0).numpy()))
+    if image.size[0] != width:  # horizontal pass
+        image = image.resize((width, image.size[1]), resample=PIL_FILTERS[kind])
+    if image.size[1] != height:  # then vertical
+        image = image.resize((width, height), resample=PIL_FILTERS[kind])
+    return torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy())
