@@ -87,18 +87,22 @@ def axis_weights(in_size: int, out_size: int, kind: Filter) -> tuple[Tensor, Ten
 
 
 def _pass(pixels: Tensor, out_size: int, kind: Filter, dim: int) -> Tensor:
-    """Resample uint8 `pixels` along `dim` (-1: width, -2: height) to `out_size`, like Pillow."""
+    """Resample uint8 `pixels` along `dim` (-1: width, -2: height) to `out_size`, like Pillow.
+
+    Sums in int32 as Pillow does (its weights keep every partial sum in range), one tap at a
+    time, so memory stays at a few output-sized buffers even for a 4096-pixel upload.
+    """
     index, weight = axis_weights(pixels.shape[dim], out_size, kind)
-    index, weight = index.to(pixels.device), weight.to(pixels.device)
-    values = pixels.to(torch.long)
-    if dim == -1:
-        taps = values[..., index]  # [..., H, out, k]
-        sums = (taps * weight).sum(-1)
-    else:
-        taps = values[..., index, :]  # [..., out, k, W]
-        sums = (taps * weight[:, :, None]).sum(-2)
-    rounded = (sums + (1 << (PRECISION_BITS - 1))) >> PRECISION_BITS
-    return rounded.clamp_(0, 255).to(torch.uint8)
+    index = index.to(pixels.device)
+    weight = weight.to(device=pixels.device, dtype=torch.int32)
+    values = pixels.to(torch.int32)
+    total = torch.full((), 1 << (PRECISION_BITS - 1), dtype=torch.int32, device=pixels.device)
+    for tap in range(index.shape[1]):
+        if dim == -1:
+            total = total + values[..., index[:, tap]] * weight[:, tap]
+        else:
+            total = total + values[..., index[:, tap], :] * weight[:, tap, None]
+    return (total >> PRECISION_BITS).clamp_(0, 255).to(torch.uint8)
 
 
 def resize_fixed_point(pixels: Tensor, height: int, width: int, kind: Filter) -> Tensor:
