@@ -6,14 +6,14 @@ CPU time, so the model resizes on its own device instead; to keep upstream's num
 what Pillow does (`Resample.c`, 8 bits per channel): per-axis filter weights in double
 precision, normalised to sum 1, rounded to 22-bit fixed point; a horizontal pass, rounded and
 clamped to uint8, then a vertical pass over that. Integer sums are exact on every device, so
-the result equals `PIL.Image.resize` exactly (tests/read_model/test_resample.py compares them).
+the result equals Pillow resizing one axis after the other, horizontal first, exactly
+(tests/read_model/test_resample.py compares them).
 
 On a CPU device `resize` calls Pillow itself, one axis at a time (the same numbers, many times
 faster than this arithmetic there). One axis at a time pins the pass order: Pillow 13 runs the
-vertical pass first for some shapes (python-pillow/Pillow#9549: when the height shrinks much more
-than the width), which moves thin or tiny images by a few levels against the horizontal-first
-order of every earlier Pillow, the one upstream ran. Photo-shaped images are resized the same
-either way (tests/read_model/test_resample.py).
+vertical pass first for some small tall shapes, which moves them by a few levels against the
+horizontal-first order of the earlier Pillow versions upstream ran. Photo-shaped images come out
+the same either way (tests/read_model/test_resample.py).
 """
 
 from __future__ import annotations
