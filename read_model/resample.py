@@ -32,22 +32,20 @@ PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed point: 8 bits of result, 2 of head
 Filter = Literal["bilinear", "bicubic"]
 
 
-def _bilinear(x: float) -> float:
-    x = abs(x)
-    return 1.0 - x if x < 1.0 else 0.0
+def _bilinear(x: np.ndarray) -> np.ndarray:
+    x = np.abs(x)
+    return np.where(x < 1.0, 1.0 - x, 0.0)
 
 
-def _bicubic(x: float) -> float:
+def _bicubic(x: np.ndarray) -> np.ndarray:
     a = -0.5  # Pillow's (and Keys') bicubic parameter; the expressions keep Pillow's order
-    x = abs(x)
-    if x < 1.0:
-        return ((a + 2.0) * x - (a + 3.0)) * x * x + 1
-    if x < 2.0:
-        return (((x - 5) * x + 8) * x - 4) * a
-    return 0.0
+    x = np.abs(x)
+    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1
+    far = (((x - 5) * x + 8) * x - 4) * a
+    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
 
 
-FILTERS: dict[str, tuple[Callable[[float], float], float]] = {
+FILTERS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], float]] = {
     "bilinear": (_bilinear, 1.0),
     "bicubic": (_bicubic, 2.0),
 }
@@ -57,7 +55,8 @@ FILTERS: dict[str, tuple[Callable[[float], float], float]] = {
 def axis_weights(in_size: int, out_size: int, kind: Filter) -> tuple[Tensor, Tensor]:
     """(source index [out, k] long, fixed-point weight [out, k] long) for one axis.
 
-    Taps past an output's window get weight 0 (and a valid index), as in Pillow.
+    Float64 element-wise operations in Pillow's order (so the doubles are Pillow's); taps past
+    an output's window get weight 0 (and a valid index), as in Pillow.
     """
     if in_size < 1 or out_size < 1:
         raise ValueError(f"cannot resize {in_size} pixels to {out_size}")
@@ -67,23 +66,22 @@ def axis_weights(in_size: int, out_size: int, kind: Filter) -> tuple[Tensor, Ten
     support = filter_support * filterscale
     ksize = math.ceil(support) * 2 + 1
     inverse = 1.0 / filterscale
-    index = torch.zeros(out_size, ksize, dtype=torch.long)
-    weight = torch.zeros(out_size, ksize, dtype=torch.long)
-    for out in range(out_size):  # once per (size, size, filter): cached
-        center = (out + 0.5) * scale
-        first = max(int(center - support + 0.5), 0)
-        count = min(int(center + support + 0.5), in_size) - first
-        taps = [filter_fn((tap + first - center + 0.5) * inverse) for tap in range(count)]
-        total = 0.0
-        for value in taps:  # plain left-to-right sum (Python >= 3.12's sum() compensates)
-            total += value
-        for tap, value in enumerate(taps):
-            normalised = value / total if total != 0.0 else value
-            rounding = -0.5 if normalised < 0 else 0.5
-            weight[out, tap] = int(rounding + normalised * (1 << PRECISION_BITS))
-        index[out, :count] = torch.arange(first, first + count)
-        index[out, count:] = first
-    return index, weight
+    center = (np.arange(out_size, dtype=np.float64) + 0.5) * scale
+    first = np.maximum(np.trunc(center - support + 0.5).astype(np.int64), 0)  # C's (int) cast
+    count = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size) - first
+    taps = np.arange(ksize, dtype=np.int64)
+    inside = taps[None, :] < count[:, None]
+    source = taps[None, :] + first[:, None]
+    values = np.where(inside, filter_fn((source - center[:, None] + 0.5) * inverse), 0.0)
+    total = np.zeros(out_size, dtype=np.float64)
+    for tap in range(ksize):  # left to right over the taps, as Pillow sums them
+        total = total + values[:, tap]
+    safe_total = np.where(total != 0.0, total, 1.0)
+    normalised = values / safe_total[:, None]
+    rounding = np.where(normalised < 0, -0.5, 0.5)
+    weight = np.trunc(rounding + normalised * (1 << PRECISION_BITS)).astype(np.int64)
+    index = np.where(inside, source, first[:, None])
+    return torch.from_numpy(index), torch.from_numpy(np.where(inside, weight, 0))
 
 
 def _pass(pixels: Tensor, out_size: int, kind: Filter, dim: int) -> Tensor:
