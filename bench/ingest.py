@@ -106,7 +106,7 @@ def job_config(workers: int):
     repo = Path(__file__).resolve().parents[1]
     return load_job_config(repo / "configs" / "tiny.yaml", [
         "model.llava.vision_image_size=336", "model.llava.vision_patch_size=14",
-        "model.sasp.clip_image_size=336", "model.sam.image_size=1024",
+        "model.sam.image_size=1024",
         "model.tokenizer.model_max_length=2048", "model.num_classes_per_sample=3",
         "train.batch_size=2", "data.train=[reason_seg/train]",
         f"data.loader_workers={workers}", "data.prefetch_batches=4"])
@@ -136,7 +136,7 @@ def feed(shard_set, workers: int, batches: int, step_s: float) -> dict[str, floa
         begin = time.perf_counter()
         batch = next(data)
         waited += time.perf_counter() - begin
-        assert batch.sam_pixels.shape[-1] == 1024 and batch.clip_pixels.shape[-1] == 336
+        assert batch.images.shape[-2:] == (480, 640)
         time.sleep(step_s)
     total = time.perf_counter() - steady_start
     data.close()
@@ -205,7 +205,7 @@ def ray_data_feed(shard_set, workers: int, batches: int, step_s: float) -> dict[
             except StopIteration:
                 break
             waited += time.perf_counter() - begin
-            assert batch.sam_pixels.shape[-1] == 1024
+            assert batch.images.shape[-2:] == (480, 640)
             done += 1
             time.sleep(step_s)
         total = time.perf_counter() - steady_start

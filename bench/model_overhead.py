@@ -179,7 +179,7 @@ def sasp_inputs(model: ReadModel, batch: ReadBatch, autocast: Any) -> tuple[torc
     Mirrors `ReadModel.segment` up to the SasP call (query = state before [SEG], upstream).
     """
     with torch.no_grad(), autocast:
-        features, _ = model.encode_images(batch.clip_pixels, batch.sam_pixels)
+        features, _ = model.encode_images(batch.images, batch.original_sizes)
         row_features = features[batch.row_image]
         hidden, _ = model.language_forward(batch.input_ids, batch.attention_mask, row_features)
     answer = batch.labels != IGNORE_INDEX  # [SEG] counts in answers only, as in training

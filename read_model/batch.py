@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from read_model.config import LlavaConfig, ReadConfig
 from read_model.conversation import Dialogue
 from read_model.labels import IGNORE_INDEX, encode_dialogue, encode_prompt
-from read_model.preprocess import check_rgb_image, clip_preprocess, sam_preprocess
+from read_model.preprocess import check_rgb_image, image_batch, sam_resized_size
 from read_model.tokenizer import special_token_ids
 
 IGNORE_VALUE = 255  # ground-truth pixels excluded from evaluation (ReasonSeg "ignore" polygons)
@@ -50,14 +50,14 @@ class ReadExample:
     masks: list[np.ndarray | None]
 
 
-def _move(obj: object, device: torch.device | str, dtype: torch.dtype | None) -> object:
-    """A copy whose tensors are on `device`; floating pixel tensors optionally cast to `dtype`."""
+def _move(obj: object, device: torch.device | str) -> object:
+    """A copy whose tensors are on `device` (dtypes kept: images stay uint8 until the model
+    resizes and normalises them there)."""
     changes = {}
     for f in fields(obj):  # type: ignore[arg-type]
         value = getattr(obj, f.name)
         if isinstance(value, Tensor):
-            cast = dtype if dtype is not None and f.name.endswith("_pixels") else None
-            changes[f.name] = value.to(device=device, dtype=cast)
+            changes[f.name] = value.to(device=device)
         elif isinstance(value, list) and value and isinstance(value[0], Tensor):
             changes[f.name] = [v.to(device) for v in value]
     return replace(obj, **changes)  # type: ignore[type-var]
@@ -67,36 +67,35 @@ def _move(obj: object, device: torch.device | str, dtype: torch.dtype | None) ->
 class ReadBatch:
     """Tensors for a training / teacher-forced step."""
 
-    clip_pixels: Tensor  # [B_img, 3, S_clip, S_clip] center-cropped, CLIP-normalised
-    sam_pixels: Tensor  # [B_img, 3, S_sam, S_sam] SAM-normalised, zero-padded
+    # the decoded images; the model resizes and normalises them on its device
+    images: Tensor  # [B_img, 3, H_max, W_max] uint8, each at the top left, zero-padded
     resized_sizes: list[tuple[int, int]]  # (h', w') inside the SAM frame, per image
     original_sizes: list[tuple[int, int]]  # (H, W) per image
     input_ids: Tensor  # [R, T] long, right padded with the pad id
     attention_mask: Tensor  # [R, T] long, 1 on real tokens
     labels: Tensor  # [R, T] long, -100 outside assistant answers
     row_image: Tensor  # [R] long, the image each row belongs to
-    gt_masks: list[Tensor]  # per image [n_i, H, W] float {0, 1}; ignore pixels count as 0
+    gt_masks: list[Tensor]  # per image [n_i, H, W] uint8 {0, 1}; ignore pixels count as 0
     ignore_masks: list[Tensor]  # per image [n_i, H, W] bool, True where the GT is 255
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> ReadBatch:
-        """Move to `device`; `dtype` casts only the pixel tensors (e.g. bf16 encoders)."""
-        return _move(self, device, dtype)  # type: ignore[return-value]
+    def to(self, device: torch.device | str) -> ReadBatch:
+        """Move to `device`; the encoders' dtype is applied after preprocessing, in the model."""
+        return _move(self, device)  # type: ignore[return-value]
 
 
 @dataclass(kw_only=True)
 class PromptBatch:
     """Tensors for batched generation: left-padded prompts ending with "ASSISTANT:"."""
 
-    clip_pixels: Tensor
-    sam_pixels: Tensor
+    images: Tensor  # uint8, as in `ReadBatch`
     resized_sizes: list[tuple[int, int]]
     original_sizes: list[tuple[int, int]]
     input_ids: Tensor  # [R, T] long, left padded
     attention_mask: Tensor  # [R, T] long, 0 on the left padding
     row_image: Tensor  # [R] long
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> PromptBatch:
-        return _move(self, device, dtype)  # type: ignore[return-value]
+    def to(self, device: torch.device | str) -> PromptBatch:
+        return _move(self, device)  # type: ignore[return-value]
 
 
 def _pad(rows: Sequence[Sequence[int]], value: int, left: bool) -> Tensor:
@@ -184,15 +183,13 @@ def collate_train(
             image_masks.append(stack[:kept])
         masks = torch.from_numpy(np.concatenate(image_masks, axis=0))
         ignore = masks == IGNORE_VALUE
-        gt_masks.append(((masks > 0) & ~ignore).to(torch.float32))
+        gt_masks.append(((masks > 0) & ~ignore).to(torch.uint8))  # float32 on the device
         ignore_masks.append(ignore)
     images = [e.image for e in examples]
     input_ids = _pad(rows_ids, ids.pad, left=False)
-    clip_pixels, sam_pixels, resized = _pixels(images, config)
     return ReadBatch(
-        clip_pixels=clip_pixels,
-        sam_pixels=sam_pixels,
-        resized_sizes=resized,
+        images=image_batch(images),
+        resized_sizes=_resized_sizes(images, config),
         original_sizes=[(int(i.shape[0]), int(i.shape[1])) for i in images],
         input_ids=input_ids,
         attention_mask=_attention([len(r) for r in rows_ids], input_ids.shape[1], left=False),
@@ -203,13 +200,8 @@ def collate_train(
     )
 
 
-def _pixels(
-    images: Sequence[np.ndarray], config: ReadConfig
-) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
-    llava, sam = config.llava, config.sam
-    clip = clip_preprocess(images, llava.vision_image_size, llava.clip_mean, llava.clip_std)
-    sam_pixels, resized = sam_preprocess(images, sam.image_size, sam.pixel_mean, sam.pixel_std)
-    return clip, sam_pixels, resized
+def _resized_sizes(images: Sequence[np.ndarray], config: ReadConfig) -> list[tuple[int, int]]:
+    return [sam_resized_size(i.shape[0], i.shape[1], config.sam.image_size) for i in images]
 
 
 def collate_prompts(
@@ -235,11 +227,9 @@ def collate_prompts(
             question = f"{tok_cfg.image_token}\n{question}"
         rows.append(encode_prompt(question, tokenizer, ids, num_image_tokens, tok_cfg))
     input_ids = _pad(rows, ids.pad, left=True)
-    clip_pixels, sam_pixels, resized = _pixels(images, config)
     return PromptBatch(
-        clip_pixels=clip_pixels,
-        sam_pixels=sam_pixels,
-        resized_sizes=resized,
+        images=image_batch(images),
+        resized_sizes=_resized_sizes(images, config),
         original_sizes=[(int(i.shape[0]), int(i.shape[1])) for i in images],
         input_ids=input_ids,
         attention_mask=_attention([len(r) for r in rows], input_ids.shape[1], left=True),

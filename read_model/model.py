@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +27,7 @@ from torch.nn import functional as F
 from read_model.batch import ReadBatch
 from read_model.config import ReadConfig
 from read_model.llava import LlavaParts, apply_lora, base_llava, build_llava
+from read_model.preprocess import clip_frames, normalise_clip, normalise_sam, sam_frames
 from read_model.projection import SegProjection
 from read_model.sam import build_sam, prompt_and_decode, to_sam_frame
 from read_model.tokenizer import SpecialTokenIds
@@ -180,12 +181,19 @@ class ReadModel(nn.Module):
         self.sam.mask_decoder.requires_grad_(settings.mask_decoder)
         self.projection.requires_grad_(settings.seg_projection)
 
-    def encode_images(self, clip_pixels: Tensor, sam_pixels: Tensor) -> tuple[Tensor, Tensor]:
-        """CLIP features [B_img, N, D] and SAM image embeddings [B_img, C, h, w], once per image."""
-        trainable = self.config.trainable
+    def encode_images(
+        self, images: Tensor, original_sizes: Sequence[tuple[int, int]]
+    ) -> tuple[Tensor, Tensor]:
+        """CLIP features [B_img, N, D] and SAM image embeddings [B_img, C, h, w], once per image,
+        from the batch's uint8 images (resized and normalised here, on their device)."""
+        config, trainable = self.config, self.config.trainable
+        clip = clip_frames(images, original_sizes, config.llava.vision_image_size)
+        clip_pixels = normalise_clip(clip, config.llava.clip_mean, config.llava.clip_std)
         features = self.parts.image_features(
             clip_pixels, track_grad=trainable.vision_tower or trainable.projector
         )
+        sam, resized_sizes = sam_frames(images, original_sizes, config.sam.image_size)
+        sam_pixels = normalise_sam(sam, resized_sizes, config.sam.pixel_mean, config.sam.pixel_std)
         encoder = self.sam.image_encoder
         dtype = next(encoder.parameters()).dtype
         with torch.set_grad_enabled(trainable.sam_image_encoder and torch.is_grad_enabled()):
@@ -321,7 +329,7 @@ class ReadModel(nn.Module):
     # ------------------------------------------------------------------ entry points
     def _teacher_forced_states(self, batch: ReadBatch) -> tuple[Tensor, Tensor]:
         """Last-layer states of every row (image features shared per image) + SAM embeddings."""
-        features, sam_embeddings = self.encode_images(batch.clip_pixels, batch.sam_pixels)
+        features, sam_embeddings = self.encode_images(batch.images, batch.original_sizes)
         row_features = features[batch.row_image.to(features.device)]
         hidden, _ = self.language_forward(batch.input_ids, batch.attention_mask, row_features)
         return hidden, sam_embeddings
@@ -462,7 +470,7 @@ class ReadModel(nn.Module):
         batch = collate_prompts(
             images, questions, self.tokenizer, self.config, self.num_image_tokens
         ).to(device)
-        features, sam_embeddings = self.encode_images(batch.clip_pixels, batch.sam_pixels)
+        features, sam_embeddings = self.encode_images(batch.images, batch.original_sizes)
         row_image = batch.row_image
         row_features = features[row_image]
         generated, generated_mask = self.generate_greedy(

@@ -26,8 +26,12 @@ mask = np.zeros((70, 90), np.uint8); mask[10:30, 20:50] = 1
 example = ReadExample(np.full((70, 90, 3), 128, np.uint8),
                       [("<image>\\nWhere is it?", "It is [SEG].")], [mask])
 batch = collate_train([example], tokenizer, config, 196)
-print(json.dumps({{"notes": notes, "clip": list(batch.clip_pixels.shape),
-                   "sam": list(batch.sam_pixels.shape), "resized": batch.resized_sizes}}))
+from read_model.preprocess import clip_frames, sam_frames
+clip = clip_frames(batch.images, batch.original_sizes, config.llava.vision_image_size)
+sam, resized = sam_frames(batch.images, batch.original_sizes, config.sam.image_size)
+assert resized == batch.resized_sizes
+print(json.dumps({{"notes": notes, "clip": list(clip.shape),
+                   "sam": list(sam.shape), "resized": resized}}))
 """
 
 

@@ -172,7 +172,7 @@ def test_generation_stops_once_every_row_wrote_eos(tiny_model, monkeypatch) -> N
 
     batch = collate_prompts(images, ["Where?", "Which one?"], model.tokenizer, model.config,
                             model.num_image_tokens)
-    features, _ = model.encode_images(batch.clip_pixels, batch.sam_pixels)
+    features, _ = model.encode_images(batch.images, batch.original_sizes)
     generated, mask = model.generate_greedy(batch.input_ids, batch.attention_mask,
                                             features[batch.row_image], max_new_tokens=512)
     assert generated.shape == (2, 4) and calls["n"] == 4  # prompt pass + 3 decoding steps

@@ -19,7 +19,7 @@ from read_model.batch import (
 )
 from read_model.config import LlavaConfig, ReadConfig, SamConfig, TokenizerConfig
 from read_model.labels import IGNORE_INDEX, encode_conversation, encode_prompt
-from read_model.preprocess import clip_preprocess, sam_preprocess
+from read_model.preprocess import sam_resized_size
 from read_model.tokenizer import build_tiny_tokenizer, special_token_ids
 
 N_IMG = 4  # (28 // 14) ** 2
@@ -74,9 +74,13 @@ def test_collate_train_layout(tok: PreTrainedTokenizerFast, config: ReadConfig) 
     ids = special_token_ids(tok)
     assert isinstance(batch, ReadBatch)
     assert batch.row_image.tolist() == [0, 0, 0, 1]
-    assert batch.clip_pixels.shape == (2, 3, 28, 28) and batch.sam_pixels.shape == (2, 3, 32, 32)
-    torch.testing.assert_close(batch.clip_pixels, clip_preprocess([e.image for e in examples], 28))
-    assert batch.resized_sizes == sam_preprocess([e.image for e in examples], 32)[1]
+    assert batch.images.shape == (2, 3, 20, 30) and batch.images.dtype == torch.uint8
+    for index, example in enumerate(examples):  # each image at the top left, zeros elsewhere
+        height, width = example.image.shape[:2]
+        shipped = batch.images[index, :, :height, :width].permute(1, 2, 0).numpy()
+        assert np.array_equal(shipped, example.image)
+        assert int(batch.images[index].sum()) == int(example.image.astype(np.int64).sum())
+    assert batch.resized_sizes == [sam_resized_size(20, 30, 32), sam_resized_size(16, 12, 32)]
     assert batch.original_sizes == [(20, 30), (16, 12)]
 
     rows = [
@@ -100,12 +104,12 @@ def test_collate_train_layout(tok: PreTrainedTokenizerFast, config: ReadConfig) 
     ]
     assert seg_per_image == [m.shape[0] for m in batch.gt_masks] == [3, 1]
     assert batch.gt_masks[0].shape == batch.ignore_masks[0].shape == (3, 20, 30)
-    assert batch.gt_masks[1].shape == (1, 16, 12) and batch.gt_masks[0].dtype == torch.float32
+    assert batch.gt_masks[1].shape == (1, 16, 12) and batch.gt_masks[0].dtype == torch.uint8
     expected = np.stack([_mask(20, 30, s) for s in (1, 2, 3)])  # row order, then [SEG] order
     assert torch.equal(batch.ignore_masks[0], torch.from_numpy(expected == 255))
-    assert torch.equal(batch.gt_masks[0], torch.from_numpy((expected == 1).astype(np.float32)))
+    assert torch.equal(batch.gt_masks[0], torch.from_numpy((expected == 1).astype(np.uint8)))
     assert torch.equal(
-        batch.gt_masks[1][0], torch.from_numpy((_mask(16, 12, 4) == 1) * 1.0).float()
+        batch.gt_masks[1][0], torch.from_numpy((_mask(16, 12, 4) == 1).astype(np.uint8))
     )
 
 
@@ -162,10 +166,10 @@ def test_mask_for_answer_without_seg_is_an_error(
         collate_train([example], tok, config, N_IMG)
 
 
-def test_to_moves_and_casts_only_pixels(tok: PreTrainedTokenizerFast, config: ReadConfig) -> None:
-    batch = collate_train(_examples(), tok, config, N_IMG).to("cpu", dtype=torch.bfloat16)
-    assert batch.clip_pixels.dtype == batch.sam_pixels.dtype == torch.bfloat16
-    assert batch.input_ids.dtype == torch.long and batch.gt_masks[0].dtype == torch.float32
+def test_to_moves_and_keeps_dtypes(tok: PreTrainedTokenizerFast, config: ReadConfig) -> None:
+    batch = collate_train(_examples(), tok, config, N_IMG).to("cpu")
+    assert batch.images.dtype == torch.uint8
+    assert batch.input_ids.dtype == torch.long and batch.gt_masks[0].dtype == torch.uint8
     assert batch.ignore_masks[0].dtype == torch.bool
 
 
@@ -193,7 +197,7 @@ def test_collate_prompts_left_pads(tok: PreTrainedTokenizerFast, config: ReadCon
         assert batch.attention_mask[i].tolist() == [0] * pad + [1] * len(row)
         assert (batch.input_ids[i, :pad] == ids.pad).all()
     assert batch.attention_mask[0].all()  # the longest row has no padding
-    assert batch.clip_pixels.shape == (3, 3, 28, 28) and len(batch.resized_sizes) == 3
+    assert batch.images.shape == (3, 3, 10, 14) and len(batch.resized_sizes) == 3
 
 
 def test_collate_prompts_checks_lengths(tok: PreTrainedTokenizerFast, config: ReadConfig) -> None:

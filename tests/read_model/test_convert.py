@@ -244,7 +244,7 @@ def _examples() -> list[ReadExample]:
 def _outputs(model: ReadModel) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     batch = collate_train(_examples(), model.tokenizer, model.config, model.num_image_tokens)
     with torch.no_grad():
-        features, _ = model.encode_images(batch.clip_pixels, batch.sam_pixels)
+        features, _ = model.encode_images(batch.images, batch.original_sizes)
         hidden, _ = model.language_forward(
             batch.input_ids, batch.attention_mask, features[batch.row_image])
         logits = model.lm_logits(hidden)

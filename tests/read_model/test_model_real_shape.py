@@ -87,7 +87,7 @@ def test_real_shape_forward_and_predict() -> None:
         assert int((batch.input_ids == model.token_ids.image).sum()) == 576
         with torch.no_grad():
             out = model(batch)
-            features, sam_embeddings = model.encode_images(batch.clip_pixels, batch.sam_pixels)
+            features, sam_embeddings = model.encode_images(batch.images, batch.original_sizes)
         assert features.shape == (1, 576, 4096) and sam_embeddings.shape == (1, 256, 64, 64)
         for key in ("ce", "bce", "dice", "total"):
             assert torch.isfinite(getattr(out.losses, key)), key

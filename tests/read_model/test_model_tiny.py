@@ -168,7 +168,7 @@ def test_seg_only_equals_sam_prompted_by_the_projection_alone(batch) -> None:
     model = _build(prompt_mode="seg_only").eval()
     with torch.no_grad():
         scores = model.score_teacher_forced(batch)
-        features, sam_embeddings = model.encode_images(batch.clip_pixels, batch.sam_pixels)
+        features, sam_embeddings = model.encode_images(batch.images, batch.original_sizes)
         hidden, _ = model.language_forward(
             batch.input_ids, batch.attention_mask, features[batch.row_image]
         )
@@ -198,7 +198,7 @@ def test_similarity_uses_the_configured_query_position(batch, position: str) -> 
     model.eval()
     with torch.no_grad():
         segments = model.score_teacher_forced(batch).segments
-        features, _ = model.encode_images(batch.clip_pixels, batch.sam_pixels)
+        features, _ = model.encode_images(batch.images, batch.original_sizes)
         hidden, _ = model.language_forward(
             batch.input_ids, batch.attention_mask, features[batch.row_image]
         )
@@ -293,7 +293,7 @@ def _greedy_without_cache(
     batch = collate_prompts(
         [image], [question], model.tokenizer, model.config, model.num_image_tokens
     )
-    features, _ = model.encode_images(batch.clip_pixels, batch.sam_pixels)
+    features, _ = model.encode_images(batch.images, batch.original_sizes)
     ids = batch.input_ids
     generated: list[int] = []
     for _ in range(steps):
@@ -359,7 +359,7 @@ def test_bfloat16_model_keeps_the_prompt_encoder_in_float32(batch) -> None:
     assert model.parts.embed_tokens.weight.dtype == torch.bfloat16
     assert model.sam.mask_decoder.output_upscaling[0].weight.dtype == torch.bfloat16
     assert model.sam.prompt_encoder.point_embeddings[0].weight.dtype == torch.float32
-    grads = _train_grads(model, batch.to("cpu", torch.bfloat16))
+    grads = _train_grads(model, batch)
     assert any("lora_B" in n and float(g.abs().sum()) > 0 for n, g in grads.items())
     assert all(torch.isfinite(g.float()).all() for g in grads.values())
 
