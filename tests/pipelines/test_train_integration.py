@@ -157,9 +157,12 @@ def ray_head(tmp_path_factory):
 
 
 def _worker_pids(head: RayHead) -> list[int]:
+    """Asked through the dashboard's HTTP API: a GCS address would leave a GCS client in this
+    process, and once the head is stopped Ray ends the process (`_exit(1)`) 60 s later, in
+    whatever test runs then."""
     from ray.util.state import list_actors
 
-    actors = list_actors(address=f"{RAY_LOOPBACK}:{head.port}",
+    actors = list_actors(address=head.dashboard,
                          filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     return [int(a.pid) for a in actors if a.pid]
 
