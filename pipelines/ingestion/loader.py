@@ -125,6 +125,10 @@ class PartBatches(IterableDataset):
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # one core per loader process; the rank's threads train
+    # Batches leave this process through shared memory named by file, not one passed file
+    # descriptor per tensor: the descriptor hand-over costs the training thread an
+    # authenticated socket connection per tensor (docs/architecture.md section 7.7).
+    torch.multiprocessing.set_sharing_strategy("file_system")
 
 
 class TrainBatches:
