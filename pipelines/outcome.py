@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from pipelines import interrupts
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -79,6 +81,7 @@ def run_command(name: str, body: Callable[[], Any], *, resume: str,
     to continue after an interrupt or failure (e.g. "run the same command again: it resumes from
     the last checkpoint"). `usage_errors` are the exceptions that mean "could not start" (2).
     """
+    interrupts.guard_interrupts()  # a Ctrl-C during a fork must not be dropped (or hang the job)
     try:
         code = _run(name, body, resume=resume, usage_errors=usage_errors)
     except SystemExit as error:
@@ -123,6 +126,8 @@ def sigint_watch() -> Iterator[threading.Event]:
     previous = signal.getsignal(signal.SIGINT)
 
     def record(signum: int, frame: Any) -> None:
+        if interrupts.defer_if_unsafe(signum, frame):
+            return
         seen.set()
         if callable(previous):
             previous(signum, frame)
@@ -143,6 +148,8 @@ def wrap_sigint_handler(seen: threading.Event) -> None:
     installed = signal.getsignal(signal.SIGINT)
 
     def record(signum: int, frame: Any) -> None:
+        if interrupts.defer_if_unsafe(signum, frame):
+            return
         seen.set()
         if callable(installed):
             installed(signum, frame)
@@ -196,7 +203,10 @@ def supervise(name: str, module: str, argv: list[str], *, resume: str,
     SIGTERM sent to this process are forwarded to the child, which runs in its own process
     group so a terminal's Ctrl-C reaches it once, through here.
     """
-    if os.environ.get(STATE_ENV) or os.environ.get(UNSUPERVISED_ENV) == "1":
+    if os.environ.get(STATE_ENV):
+        interrupts.enable_stack_dumps()  # `kill -USR2` shows where a job that seems stuck is
+        return direct()
+    if os.environ.get(UNSUPERVISED_ENV) == "1":
         return direct()
     with tempfile.TemporaryDirectory(prefix="read-outcome-") as folder:
         events_path = Path(folder) / "events.jsonl"
@@ -222,13 +232,16 @@ def supervise(name: str, module: str, argv: list[str], *, resume: str,
     return judge(name, code, events, received, resume)
 
 
-def _end_with_parent(parent: int) -> Callable[[], None] | None:
-    """In the child: SIGTERM when the watcher dies (e.g. `ray job stop` killing its process
-    group, which the child left), so no job outlives its command (Linux; elsewhere a no-op)."""
-    if not sys.platform.startswith("linux"):
-        return None
+def _end_with_parent(parent: int) -> Callable[[], None]:
+    """In the child: SIGINT back to its default (the watcher forwards it on purpose, even when
+    this shell started the watcher with SIGINT ignored), and SIGTERM when the watcher dies (e.g.
+    `ray job stop` killing its process group, which the child left), so no job outlives its
+    command (the latter on Linux only)."""
 
     def arrange() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if not sys.platform.startswith("linux"):
+            return
         import ctypes
 
         pr_set_pdeathsig = 1

@@ -8,6 +8,7 @@ line the command ends with and the MLflow run's status; each adds a row to the f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -35,6 +36,8 @@ INTERRUPT_AFTER = 2 * EVERY  # the signal lands once this checkpoint is on disk
 MAX_STEPS = 12
 START_TIMEOUT_S = 420.0
 FINISH_TIMEOUT_S = 600.0
+STACK_DUMP_WAIT_S = 3.0
+STACK_DUMP_CHARS = 12000
 TRAIN_ARGS = ["train.log_every=1", "train.validate_every=1000", "train.warmup_steps=1",
               "data.val=[reason_seg/val]", "data.train=[reason_seg/train, refcoco/train]",
               "train.batch_size=2", f"train.checkpoint_every={EVERY}"]
@@ -67,8 +70,15 @@ class Command:
         try:
             return self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            # The job runs in a child of this watcher; SIGUSR2 makes it print every thread's
+            # stack into the log (pipelines/interrupts.py), so a hang says where it is.
+            for child in _children(self.process.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGUSR2)
+            time.sleep(STACK_DUMP_WAIT_S)
             self.process.kill()
-            raise
+            pytest.fail(f"still running {timeout:.0f} s after the signal:\n"
+                        f"{self.output()[-STACK_DUMP_CHARS:]}")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -280,8 +290,8 @@ def test_sigint_to_the_workflow_exits_130_and_kills_its_runs(place, synthetic_ro
     assert "KILLED" in statuses.values() and "RUNNING" not in statuses.values(), statuses
 
 
-def _descendants(pid: int, name: str) -> list[int]:
-    """PIDs of the processes called `name` below `pid` (this test's own children only)."""
+def _process_tree() -> dict[int, list[int]]:
+    """Parent PID -> child PIDs, from /proc."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -291,6 +301,17 @@ def _descendants(pid: int, name: str) -> list[int]:
         except OSError:
             continue
         children.setdefault(int(fields[1]), []).append(int(entry.name))
+    return children
+
+
+def _children(pid: int) -> list[int]:
+    """The direct children of `pid` (for a command: the job process its watcher started)."""
+    return _process_tree().get(pid, [])
+
+
+def _descendants(pid: int, name: str) -> list[int]:
+    """PIDs of the processes called `name` below `pid` (this test's own children only)."""
+    children = _process_tree()
     found, queue = [], [pid]
     while queue:
         for child in children.get(queue.pop(), []):
