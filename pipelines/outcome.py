@@ -124,17 +124,7 @@ def sigint_watch() -> Iterator[threading.Event]:
         yield seen
         return
     previous = signal.getsignal(signal.SIGINT)
-
-    def record(signum: int, frame: Any) -> None:
-        if interrupts.defer_if_unsafe(signum, frame):
-            return
-        seen.set()
-        if callable(previous):
-            previous(signum, frame)
-        elif previous != signal.SIG_IGN:
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, record)
+    signal.signal(signal.SIGINT, _recording(seen, previous))
     try:
         yield seen
     finally:
@@ -145,18 +135,23 @@ def wrap_sigint_handler(seen: threading.Event) -> None:
     """Put a recorder in front of whatever SIGINT handler is installed now (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         return
-    installed = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, _recording(seen, signal.getsignal(signal.SIGINT)))
+
+
+def _recording(seen: threading.Event, handler: Any) -> Callable[[int, Any], None]:
+    """A SIGINT handler that sets `seen`, then does what `handler` would (deferred, like every
+    handler here, when the signal lands in an at-fork hook: pipelines/interrupts.py)."""
 
     def record(signum: int, frame: Any) -> None:
         if interrupts.defer_if_unsafe(signum, frame):
             return
         seen.set()
-        if callable(installed):
-            installed(signum, frame)
-        elif installed != signal.SIG_IGN:
+        if callable(handler):
+            handler(signum, frame)
+        elif handler != signal.SIG_IGN:
             raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, record)
+    return record
 
 
 # ---------------------------------------------------------------------------- the watcher
