@@ -209,7 +209,7 @@ def supervise(name: str, module: str, argv: list[str], *, resume: str,
                                       if p)
         env = {**os.environ, STATE_ENV: str(events_path), "PYTHONPATH": python_path}
         child = subprocess.Popen([sys.executable, "-m", module, *argv], env=env,
-                                 process_group=0, preexec_fn=_end_with_parent(os.getpid()))
+                                 process_group=0, preexec_fn=_child_signal_setup(os.getpid()))
         received: list[int] = []
 
         def forward(signum: int, frame: Any) -> None:
@@ -227,7 +227,7 @@ def supervise(name: str, module: str, argv: list[str], *, resume: str,
     return judge(name, code, events, received, resume)
 
 
-def _end_with_parent(parent: int) -> Callable[[], None]:
+def _child_signal_setup(parent: int) -> Callable[[], None]:
     """In the child: SIGINT back to its default (the watcher forwards it on purpose, even when
     this shell started the watcher with SIGINT ignored), and SIGTERM when the watcher dies (e.g.
     `ray job stop` killing its process group, which the child left), so no job outlives its
